@@ -1,0 +1,171 @@
+"""The ``fedfm`` command line: ``fedfm run | config | report``.
+
+Errors of the FedFMError hierarchy print one line and exit with code 2; ``--debug`` shows the
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from fedfm.errors import FedFMError
+
+EPILOG = """examples:
+  fedfm run                                  the built-in default (MiniLM + LoRA on AG News)
+  fedfm run configs/debian_natural.toml      any experiment config (TOML)
+  fedfm run --set federation.rounds=3 --set method.type=prompt
+  fedfm run --resume runs/agnews-lora        continue an interrupted run
+  fedfm config > my.toml                     the default config, every key, to edit
+  fedfm report runs/agnews-lora              rebuild report.html from a run directory
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedfm",
+        description="Federated learning with foundation models: federated fine-tuning of an FM "
+        "(LoRA, prompt tuning, adapters) in simulation, with byte-accurate accounting.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    parser.add_argument("--version", action="version", version=f"fedfm {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run an experiment (the default one without a config)",
+        description="Run a federated experiment and write its run directory (config.toml, "
+        "metrics.jsonl, summary.json, checkpoints/, adapter/, report.html).",
+    )
+    run.add_argument(
+        "config", nargs="?", help="experiment config (TOML); omit for the built-in default"
+    )
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config key (repeatable), e.g. --set federation.rounds=3; "
+        "values are read as TOML (numbers, true/false, [lists]), else as strings",
+    )
+    run.add_argument(
+        "--out", default="runs", help="parent folder of the run directory (default: runs)"
+    )
+    run.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint"
+    )
+    run.add_argument("--quiet", action="store_true", help="no live progress display")
+
+    cfg = sub.add_parser(
+        "config",
+        help="print the resolved config (the default, or a file with --set overrides) as TOML",
+        description="Print a resolved config: every key with its value. Useful as a template.",
+    )
+    cfg.add_argument("config", nargs="?", help="experiment config (TOML); omit for the default")
+    cfg.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
+    )
+
+    rep = sub.add_parser(
+        "report",
+        help="rebuild report.html of a run directory",
+        description="Rebuild report.html (and plots/) from a run directory's metrics.jsonl and summary.json.",
+    )
+    rep.add_argument("run_dir", help="a run directory written by `fedfm run`")
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedfm")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _cmd_run(args) -> int:
+    from rich.console import Console
+
+    from fedfm.experiment import run
+
+    if args.resume and args.config:
+        raise FedFMError(
+            "give either a config or --resume RUN_DIR, not both (the run keeps its own config)"
+        )
+    result = run(
+        args.config,
+        out=args.out,
+        resume=args.resume,
+        overrides=args.overrides,
+        progress=not args.quiet,
+    )
+    s = result.summary
+    console = Console()
+    console.print(
+        f"final test accuracy [bold]{s['final_accuracy']:.4f}[/bold] on {s['test_rows']} rows · "
+        f"{s['total_seconds']:.1f} s · peak RSS {s['peak_rss_mb']:.0f} MB · "
+        f"{(s['bytes_up_total'] + s['bytes_down_total']) / 1e6:.2f} MB sent"
+    )
+    console.print(f"run directory: {result.run_dir}  (report: {result.run_dir / 'report.html'})")
+    return 0
+
+
+def _cmd_config(args) -> int:
+    from fedfm.config import config_to_toml, load_config
+
+    sys.stdout.write(config_to_toml(load_config(args.config, args.overrides)))
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from fedfm.metrics.report import write_report
+
+    run_dir = Path(args.run_dir)
+    for name in ("config.toml", "metrics.jsonl", "summary.json"):
+        if not (run_dir / name).is_file():
+            raise FedFMError(f"{str(run_dir)!r} is not a finished run directory: {name} is missing")
+    rows = [
+        json.loads(line)
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    path = write_report(run_dir, (run_dir / "config.toml").read_text(), rows, summary)
+    print(path)
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "config": _cmd_config, "report": _cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except FedFMError as e:
+        if args.debug:
+            raise
+        print(f"fedfm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedfm: interrupted; continue with `fedfm run --resume RUN_DIR`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

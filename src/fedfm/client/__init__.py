@@ -1,0 +1,6 @@
+"""The client side: local training (Trainer) and the message handler every runtime calls."""
+
+from fedfm.client.app import ClientApp, ClientData, ClientTask
+from fedfm.client.trainer import Trainer
+
+__all__ = ["ClientApp", "ClientData", "ClientTask", "Trainer"]

@@ -1,0 +1,85 @@
+"""The client's local loop: load the global state into the shared model, train, return an Update."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from fedfm.errors import TrainingError
+from fedfm.state import FitInstructions, State, Update
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed derived from (run seed, round, client index, ...): same inputs, same seed."""
+    return int(
+        np.random.SeedSequence([int(p) for p in parts])
+        .generate_state(2, np.uint32)
+        .view(np.uint64)[0]
+        >> 1
+    )
+
+
+class Trainer:
+    """Trains one client at a time on the one shared model of the process.
+
+    A client's private state is only the shared tensors it receives; the frozen base is never
+    copied, and the optimizer is created fresh for every fit (so it holds only shared tensors).
+    """
+
+    def __init__(
+        self, task, optimizer: str = "adamw", weight_decay: float = 0.0, seed: int = 0
+    ) -> None:
+        self.task = task
+        self.optimizer = optimizer
+        self.weight_decay = weight_decay
+        self.seed = seed
+
+    def _make_optimizer(self, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=lr, weight_decay=self.weight_decay)
+        if self.optimizer == "adam":
+            return torch.optim.Adam(params, lr=lr, weight_decay=self.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=self.weight_decay)
+
+    def fit(
+        self, client_id: str, client_index: int, state: State, data, instructions: FitInstructions
+    ) -> Update:
+        """Train ``instructions.local_steps`` steps on ``data`` starting from ``state``."""
+        task = self.task
+        task.set_state(state)
+        params = list(task.shared.values())
+        opt = self._make_optimizer(params, instructions.lr)
+        seed = derive_seed(self.seed, instructions.round, client_index)
+        torch.manual_seed(seed)  # dropout masks
+        rng = np.random.default_rng(seed)
+        anchor = [state[n] for n in task.shared] if instructions.proximal_mu > 0 else None
+        task.model.train()
+        losses = []
+        steps = instructions.local_steps
+        if instructions.local_epochs > 0:
+            steps = data.steps_for_epochs(instructions.local_epochs, instructions.batch_size)
+        batches = data.batches(instructions.batch_size, steps, rng)
+        for step, rows in enumerate(batches):
+            loss = task.loss(data.tokens, data.labels, rows)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingError(
+                    f"client {client_id} round {instructions.round} step {step + 1}: the loss is {value}; "
+                    "lower federation.lr or use precision = 'fp32'"
+                )
+            if anchor is not None:
+                prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
+                loss = loss + 0.5 * instructions.proximal_mu * prox
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(value)
+        return Update(
+            client_id=client_id,
+            round=instructions.round,
+            state=task.get_state(),
+            num_examples=len(data),
+            metrics={"loss": float(np.mean(losses)), "steps": float(len(losses))},
+        )

@@ -1,0 +1,87 @@
+"""The wire format: tensors as safetensors bytes with a small string header, and validation.
+
+Nothing on the wire is ever unpickled: safetensors holds raw tensor bytes plus a JSON header.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+from fedfm.errors import ProtocolError
+from fedfm.state import State
+
+WIRE_VERSION = "1"
+HEADER_KEY = "fedfm"  # the safetensors metadata key that holds fedfm's JSON header
+
+
+def pack(tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> bytes:
+    """Serialise tensors and a JSON-able header into one safetensors payload."""
+    from safetensors.torch import save
+
+    meta = {HEADER_KEY: json.dumps({"wire": WIRE_VERSION, **header}, sort_keys=True)}
+    return save({k: t.contiguous() for k, t in tensors.items()}, metadata=meta)
+
+
+def unpack(
+    payload: bytes, max_bytes: int = 1 << 34
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Parse a payload made by :func:`pack`; malformed or foreign bytes raise ProtocolError."""
+    from safetensors.torch import load
+
+    if len(payload) > max_bytes:
+        raise ProtocolError(f"payload of {len(payload)} bytes exceeds the limit of {max_bytes}")
+    if len(payload) < 8:
+        raise ProtocolError(f"payload of {len(payload)} bytes is too short to be safetensors")
+    try:
+        tensors = load(payload)
+        header_len = int.from_bytes(payload[:8], "little")
+        meta = json.loads(payload[8 : 8 + header_len]).get("__metadata__", {})
+    except Exception as e:  # safetensors raises its own error types; never trust the bytes
+        raise ProtocolError(f"payload is not valid safetensors: {e}") from None
+    raw = meta.get(HEADER_KEY) if isinstance(meta, dict) else None
+    if raw is None:
+        raise ProtocolError("payload has no fedfm header")
+    try:
+        header = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ProtocolError(f"payload header is not JSON: {e}") from None
+    if not isinstance(header, dict) or header.get("wire") != WIRE_VERSION:
+        raise ProtocolError(
+            f"payload wire version {header.get('wire') if isinstance(header, dict) else None!r} is not {WIRE_VERSION!r}"
+        )
+    return tensors, header
+
+
+def validate_state(
+    tensors: dict[str, torch.Tensor], template: State, max_norm: float | None = None
+) -> State:
+    """Check a decoded state against the expected names, shapes and dtypes, and for finite values.
+
+    Returns the tensors in the template's order; raises ProtocolError naming the first problem.
+    """
+    missing = [n for n in template if n not in tensors]
+    extra = [n for n in tensors if n not in template]
+    if missing or extra:
+        raise ProtocolError(
+            f"update tensors do not match the model: missing {missing[:3]}, unexpected {extra[:3]}"
+        )
+    out: State = State()
+    for name, ref in template.items():
+        t = tensors[name]
+        if t.shape != ref.shape:
+            raise ProtocolError(
+                f"update tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(ref.shape)}"
+            )
+        if t.dtype != ref.dtype:
+            raise ProtocolError(f"update tensor {name!r} has dtype {t.dtype}, expected {ref.dtype}")
+        if not torch.isfinite(t).all():
+            raise ProtocolError(f"update tensor {name!r} has NaN or infinite values")
+        out[name] = t
+    if max_norm is not None:
+        norm = torch.sqrt(sum((t.float() ** 2).sum() for t in out.values())).item()
+        if norm > max_norm:
+            raise ProtocolError(f"update norm {norm:.4g} exceeds the limit {max_norm:.4g}")
+    return out

@@ -1,0 +1,473 @@
+"""Experiment config: frozen dataclasses, loaded from TOML, validated once.
+
+Every key has a default, so an empty file is the built-in default experiment (federated LoRA
+fine-tuning of all-MiniLM-L6-v2 on AG News). Unknown keys, wrong types and values out of range
+raise :class:`~fedfm.errors.ConfigError` naming ``section.key``, the value and what is allowed.
+
+Sections whose keys depend on a plug-in (``[method]`` by ``type``, ``[strategy]`` by ``name``)
+are parsed into the plug-in's own spec dataclass, found through its registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedfm.errors import ConfigError
+
+DEFAULT_DATA_ROOT = "../shared/data"
+
+
+def data_root() -> str:
+    """Where ``${FEDFM_DATA}`` points: the environment variable, else ``../shared/data``."""
+    return os.environ.get("FEDFM_DATA", DEFAULT_DATA_ROOT)
+
+
+def resolve_path(path: str) -> Path:
+    """Expand ``${FEDFM_DATA}``, ``~`` and other environment variables in a configured path."""
+    env = dict(os.environ)
+    env.setdefault("FEDFM_DATA", data_root())
+    expanded = path.replace("${FEDFM_DATA}", env["FEDFM_DATA"]).replace(
+        "$FEDFM_DATA", env["FEDFM_DATA"]
+    )
+    return Path(os.path.expanduser(os.path.expandvars(expanded)))
+
+
+def check(condition: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise a ConfigError ``key = value is not allowed; allowed: …`` unless ``condition``."""
+    if not condition:
+        raise ConfigError(f"{key} = {value!r} is not allowed; allowed: {allowed}")
+
+
+def check_choice(key: str, value: Any, choices: typing.Iterable[str]) -> None:
+    choices = list(choices)
+    check(value in choices, key, value, " | ".join(repr(c) for c in choices))
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """What is learned: ``classification`` of text (``causal_lm`` comes with the FM-for-FL work)."""
+
+    type: str = "classification"
+
+    def __post_init__(self) -> None:
+        check_choice("task.type", self.type, ["classification"])
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The foundation model: ``minilm`` (packaged all-MiniLM-L6-v2), a local folder or an HF id."""
+
+    name: str = "minilm"
+
+    def __post_init__(self) -> None:
+        check(bool(self.name.strip()), "model.name", self.name, "a non-empty name or path")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data are and which columns hold text and label."""
+
+    train: str = "${FEDFM_DATA}/agnews/train.tsv"
+    test: str = "${FEDFM_DATA}/agnews/test.tsv"
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: tuple[str, ...] = ()  # fixes the label order; default: sorted labels of train
+    max_length: int = 64  # tokens per example after truncation
+    train_rows: int = 0  # use only the first N training rows (0 = all)
+    test_rows: int = 0  # use only the first N test rows (0 = all) for the final evaluation
+    eval_rows: int = 1000  # rows of the test set scored after each round (0 = all)
+
+    def __post_init__(self) -> None:
+        check(8 <= self.max_length <= 8192, "data.max_length", self.max_length, "8 … 8192")
+        for key in ("train_rows", "test_rows", "eval_rows"):
+            value = getattr(self, key)
+            check(value >= 0, f"data.{key}", value, "0 (all) or a positive number of rows")
+        check(
+            len(set(self.labels)) == len(self.labels), "data.labels", self.labels, "unique labels"
+        )
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    """How the training rows are split over clients."""
+
+    scheme: str = "dirichlet"
+    clients: int = 10
+    alpha: float = 0.5  # dirichlet: concentration; small = strong label skew
+    classes_per_client: int = 2  # shards
+    sigma: float = 1.0  # quantity: log-normal sigma of client sizes
+    column: str = ""  # column: the column whose values are the clients
+    min_size: int = 10  # column: groups smaller than this are merged or dropped
+    small_groups: str = "merge"  # column: "merge" tiny groups into one client, or "drop" them
+
+    def __post_init__(self) -> None:
+        from fedfm.data.partition import PARTITIONERS
+
+        check_choice("partition.scheme", self.scheme, PARTITIONERS.names())
+        check(
+            self.clients >= 0,
+            "partition.clients",
+            self.clients,
+            "≥ 1 (0 = one per group for scheme 'column')",
+        )
+        if self.scheme != "column":
+            check(self.clients >= 1, "partition.clients", self.clients, "≥ 1")
+        check(self.alpha > 0 and math.isfinite(self.alpha), "partition.alpha", self.alpha, "> 0")
+        check(
+            self.classes_per_client >= 1,
+            "partition.classes_per_client",
+            self.classes_per_client,
+            "≥ 1",
+        )
+        check(self.sigma >= 0, "partition.sigma", self.sigma, "≥ 0")
+        check(self.min_size >= 1, "partition.min_size", self.min_size, "≥ 1")
+        check_choice("partition.small_groups", self.small_groups, ["merge", "drop"])
+        if self.scheme == "column":
+            check(
+                bool(self.column),
+                "partition.column",
+                self.column,
+                "a column name when scheme = 'column'",
+            )
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """The round loop's budget and the clients' local training."""
+
+    mode: str = "federated"  # federated | centralized | standalone
+    rounds: int = 15
+    clients_per_round: int = 5
+    local_steps: int = 10
+    local_epochs: float = 0.0  # > 0 replaces local_steps by epochs over the client's rows
+    batch_size: int = 32
+    lr: float = 2e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    precision: str = "bf16"  # bf16 autocast on CPU, or fp32
+    eval_every: int = 1  # evaluate the global model every N rounds (and always after the last)
+
+    def __post_init__(self) -> None:
+        check_choice("federation.mode", self.mode, ["federated", "centralized", "standalone"])
+        check(self.rounds >= 1, "federation.rounds", self.rounds, "≥ 1")
+        check(
+            self.clients_per_round >= 1,
+            "federation.clients_per_round",
+            self.clients_per_round,
+            "≥ 1",
+        )
+        check(self.local_steps >= 1, "federation.local_steps", self.local_steps, "≥ 1")
+        check(
+            self.local_epochs >= 0,
+            "federation.local_epochs",
+            self.local_epochs,
+            "≥ 0 (0 = use local_steps)",
+        )
+        check(self.batch_size >= 1, "federation.batch_size", self.batch_size, "≥ 1")
+        check(0 < self.lr < 10 and math.isfinite(self.lr), "federation.lr", self.lr, "0 < lr < 10")
+        check_choice("federation.optimizer", self.optimizer, ["adamw", "adam", "sgd"])
+        check(self.weight_decay >= 0, "federation.weight_decay", self.weight_decay, "≥ 0")
+        check_choice("federation.precision", self.precision, ["bf16", "fp32"])
+        check(self.eval_every >= 1, "federation.eval_every", self.eval_every, "≥ 1")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where clients run: ``sim`` (in-process, one shared frozen base)."""
+
+    type: str = "sim"
+    threads: int = 0  # torch threads; 0 = all cores
+
+    def __post_init__(self) -> None:
+        from fedfm.runtimes import RUNTIMES
+
+        check_choice("runtime.type", self.type, RUNTIMES.names())
+        check(self.threads >= 0, "runtime.threads", self.threads, "≥ 0 (0 = all cores)")
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """Codec pipelines for the downlink (server → client) and uplink (client → server)."""
+
+    up: tuple[str, ...] = ()
+    down: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        from fedfm.codecs import parse_codec
+
+        for direction in ("up", "down"):
+            for item in getattr(self, direction):
+                parse_codec(item, f"codec.{direction}")
+
+
+def _method_spec_default() -> Any:
+    from fedfm.methods import METHODS
+
+    return METHODS.get("lora").Spec()
+
+
+def _strategy_spec_default() -> Any:
+    from fedfm.strategies import STRATEGIES
+
+    return STRATEGIES.get("fedavg").Spec()
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole experiment; ``ExperimentConfig()`` is the built-in default."""
+
+    name: str = "agnews-lora"
+    seed: int = 0
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    method: Any = field(default_factory=_method_spec_default)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    strategy: Any = field(default_factory=_strategy_spec_default)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+
+    def __post_init__(self) -> None:
+        check(
+            bool(self.name) and "/" not in self.name,
+            "name",
+            self.name,
+            "a non-empty name without '/'",
+        )
+        check(0 <= self.seed < 2**32, "seed", self.seed, "0 … 2**32 − 1")
+        if self.federation.mode == "federated" and self.partition.clients:
+            check(
+                self.federation.clients_per_round <= self.partition.clients,
+                "federation.clients_per_round",
+                self.federation.clients_per_round,
+                f"≤ partition.clients ({self.partition.clients})",
+            )
+
+    def replace(self, **changes: Any) -> ExperimentConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing
+
+
+_SECTIONS: dict[str, type] = {
+    "task": TaskConfig,
+    "model": ModelConfig,
+    "data": DataConfig,
+    "partition": PartitionConfig,
+    "federation": FederationConfig,
+    "runtime": RuntimeConfig,
+    "codec": CodecConfig,
+}
+
+
+def _type_name(tp: Any) -> str:
+    if tp is float:
+        return "a number"
+    if tp is int:
+        return "an integer"
+    if tp is bool:
+        return "true or false"
+    if tp is str:
+        return "a string"
+    return "a list"
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        (item_tp, *_rest) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} = {value!r} has the wrong type; expected a list")
+        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key} = {value!r} has the wrong type")
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{key} = {value!r} has the wrong type; expected {_type_name(tp)}")
+
+
+def build_dataclass(
+    cls: type, data: dict[str, Any], section: str, skip: tuple[str, ...] = ()
+) -> Any:
+    """Build the frozen dataclass ``cls`` from a TOML table, rejecting unknown keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{section}] must be a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in skip]
+    unknown = sorted(set(data) - set(names) - set(skip))
+    if unknown:
+        allowed = ", ".join(names) or "(no keys)"
+        raise ConfigError(
+            f"unknown key {section}.{unknown[0]}; allowed keys in [{section}]: {allowed}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in data.items() if k not in skip}
+    return cls(**kwargs)
+
+
+def _plugin_spec(
+    registry_module: str, registry_name: str, key: str, default: str, data: Any, section: str
+) -> Any:
+    import importlib
+
+    registry = getattr(importlib.import_module(registry_module), registry_name)
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{section}] must be a table, got {data!r}")
+    name = data.get(key, default)
+    if not isinstance(name, str):
+        raise ConfigError(f"{section}.{key} = {name!r} has the wrong type; expected a string")
+    plugin = registry.get(name)
+    return build_dataclass(plugin.Spec, data, section, skip=(key,))
+
+
+def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    """Build and validate an :class:`ExperimentConfig` from a parsed TOML document."""
+    top_keys = {"name", "seed", *(_SECTIONS), "method", "strategy"}
+    unknown = sorted(set(data) - top_keys)
+    if unknown:
+        raise ConfigError(
+            f"unknown key or section {unknown[0]!r}; allowed: name, seed, "
+            + ", ".join(f"[{s}]" for s in [*_SECTIONS, "method", "strategy"])
+        )
+    kwargs: dict[str, Any] = {}
+    if "name" in data:
+        kwargs["name"] = _coerce(data["name"], str, "name")
+    if "seed" in data:
+        kwargs["seed"] = _coerce(data["seed"], int, "seed")
+    for section, cls in _SECTIONS.items():
+        if section in data:
+            kwargs[section] = build_dataclass(cls, data[section], section)
+    if "method" in data:
+        kwargs["method"] = _plugin_spec(
+            "fedfm.methods", "METHODS", "type", "lora", data["method"], "method"
+        )
+    if "strategy" in data:
+        kwargs["strategy"] = _plugin_spec(
+            "fedfm.strategies", "STRATEGIES", "name", "fedavg", data["strategy"], "strategy"
+        )
+    return ExperimentConfig(**kwargs)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse one ``--set section.key=value``; the value is read as TOML, else as a plain string."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r} is not of the form section.key=value")
+    dotted, raw = item.split("=", 1)
+    path = [p.strip() for p in dotted.strip().split(".")]
+    if not all(path):
+        raise ConfigError(f"--set {item!r}: {dotted!r} is not a key such as federation.rounds")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str]) -> dict[str, Any]:
+    """Apply ``--set`` overrides to a parsed TOML document (a new dict is returned)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None, overrides: typing.Sequence[str] = ()
+) -> ExperimentConfig:
+    """Load a TOML experiment config (``None`` = the built-in default) and apply ``--set`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {str(p)!r} is not UTF-8 text") from None
+    return config_from_dict(apply_overrides(data, overrides))
+
+
+# --------------------------------------------------------------------------------------------
+# Writing the resolved config
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
+    """The config as a plain dict of TOML tables, plug-in names included."""
+    from fedfm.methods import METHODS
+    from fedfm.strategies import STRATEGIES
+
+    out: dict[str, Any] = {"name": config.name, "seed": config.seed}
+    for section in _SECTIONS:
+        out[section] = dataclasses.asdict(getattr(config, section))
+    out["method"] = {
+        "type": METHODS.name_of(type(config.method)),
+        **dataclasses.asdict(config.method),
+    }
+    out["strategy"] = {
+        "name": STRATEGIES.name_of(type(config.strategy)),
+        **dataclasses.asdict(config.strategy),
+    }
+    return out
+
+
+def config_to_toml(config: ExperimentConfig) -> str:
+    """The resolved config as TOML text that :func:`load_config` reads back to an equal config."""
+    data = config_to_dict(config)
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for section, table in data.items():
+        if isinstance(table, dict):
+            lines.append(f"\n[{section}]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,405 @@
+"""Running an experiment: build the pieces from a config, run the Federation, write the run directory.
+
+The run directory (``runs/<name>/``) is a contract later tools rely on::
+
+    config.toml      the resolved config (``fedfm run --resume`` reads it back)
+    partition.json   per client: rows, label histogram (and group for natural splits)
+    metrics.jsonl    one JSON object per round
+    summary.json     the final figures
+    checkpoints/     the last rounds' global and strategy state (safetensors)
+    adapter/         peft adapter + head.safetensors (lora, prompt, adapter); model/ for head, full
+    report.html      one self-contained page with the config, per-round table and plots
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedfm.client.app import ClientApp, ClientData
+from fedfm.client.trainer import Trainer
+from fedfm.codecs import Pipeline
+from fedfm.config import ExperimentConfig, config_to_toml, load_config, resolve_path
+from fedfm.data.partition import Partition, partition
+from fedfm.data.table import LabelledText, load_labelled_text
+from fedfm.data.tokens import TokenizedText, tokenize
+from fedfm.errors import DataError, ResumeError
+from fedfm.methods import METHODS
+from fedfm.metrics.memory import peak_rss_mb
+from fedfm.metrics.sinks import ConsoleSink, JsonlSink, Sink
+from fedfm.runtimes import RUNTIMES
+from fedfm.server.checkpoint import latest_checkpoint
+from fedfm.server.federation import Federation
+from fedfm.state import State, clone_state
+from fedfm.strategies import STRATEGIES
+from fedfm.tasks.classification import ClassificationTask
+from fedfm.tasks.models import load_encoder, resolve_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` returns: the figures of ``summary.json`` and the per-round rows."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def final_accuracy(self) -> float:
+        return self.summary["final_accuracy"]
+
+
+@dataclass
+class Prepared:
+    """Everything built from a config before the first round."""
+
+    config: ExperimentConfig
+    train: LabelledText
+    test: LabelledText
+    train_tokens: TokenizedText
+    test_tokens: TokenizedText
+    partition: Partition
+    task: ClassificationTask
+    eval_rows: np.ndarray
+    startup_seconds: float
+
+
+def _unique_run_dir(out: Path, name: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path, i = out / name, 1
+    while path.exists():
+        i += 1
+        path = out / f"{name}-{i}"
+    path.mkdir()
+    return path
+
+
+def _check_labels(train: LabelledText) -> None:
+    counts = np.bincount(train.labels, minlength=len(train.label_names))
+    empty = [train.label_names[i] for i, c in enumerate(counts) if c == 0]
+    if empty:
+        raise DataError(
+            f"data.labels names the class {empty[0]!r}, which has no training rows; "
+            f"classes with rows: {[n for n, c in zip(train.label_names, counts, strict=True) if c]}"
+        )
+    if len(train.label_names) < 2:
+        raise DataError(
+            f"the training data have a single class {train.label_names!r}; at least 2 are needed"
+        )
+
+
+def prepare(config: ExperimentConfig) -> Prepared:
+    """Load data and model, tokenise (cached), partition, and build the task."""
+    t0 = time.perf_counter()
+    d = config.data
+    train = load_labelled_text(
+        resolve_path(d.train),
+        d.text_column,
+        d.label_column,
+        d.labels or None,
+        d.train_rows,
+        "data.train",
+    )
+    _check_labels(train)
+    test = load_labelled_text(
+        resolve_path(d.test),
+        d.text_column,
+        d.label_column,
+        train.label_names,
+        d.test_rows,
+        "data.test",
+    )
+    if config.federation.mode == "centralized":
+        part = Partition(
+            ["pooled"], [np.arange(len(train))], notes=["centralized: all rows pooled"]
+        )
+    else:
+        part = partition(train.labels, train.columns, config.partition, config.seed)
+    tokenizer, encoder = load_encoder(config.model.name)
+    key = f"{resolve_model(config.model.name)}|{type(tokenizer).__name__}|{len(tokenizer)}"
+    train_tokens = tokenize(train.texts, tokenizer, key, d.max_length)
+    test_tokens = tokenize(test.texts, tokenizer, key, d.max_length)
+    method = METHODS.get(METHODS.name_of(type(config.method)))(config.method)
+    task = ClassificationTask(
+        tokenizer, encoder, method, len(train.label_names), config.seed, config.federation.precision
+    )
+    n_eval = len(test) if d.eval_rows == 0 else min(d.eval_rows, len(test))
+    eval_rows = np.sort(
+        np.random.default_rng([config.seed, 0xE7A1]).permutation(len(test))[:n_eval]
+    )
+    return Prepared(
+        config,
+        train,
+        test,
+        train_tokens,
+        test_tokens,
+        part,
+        task,
+        eval_rows,
+        time.perf_counter() - t0,
+    )
+
+
+def _evaluator(p: Prepared, rows: np.ndarray | None):
+    def evaluate(state: State) -> dict[str, float]:
+        p.task.set_state(state)
+        return p.task.evaluate(p.test_tokens, p.test.labels, rows)
+
+    return evaluate
+
+
+def _federation(
+    p: Prepared, client_ids: Sequence[str], clients_per_round: int, local_steps: int, sinks, run_dir
+):
+    c = p.config
+    fed_cfg = replace(c.federation, local_steps=local_steps)
+    strategy = STRATEGIES.get(STRATEGIES.name_of(type(c.strategy)))(c.strategy, fed_cfg)
+    data = {
+        cid: ClientData(
+            p.train_tokens, p.train.labels, p.partition.indices[p.partition.client_ids.index(cid)]
+        )
+        for cid in client_ids
+    }
+    down, up = Pipeline(c.codec.down, "codec.down"), Pipeline(c.codec.up, "codec.up")
+    trainer = Trainer(p.task, c.federation.optimizer, c.federation.weight_decay, c.seed)
+    app = ClientApp(trainer, data, down, up, p.task.get_state())
+    runtime = RUNTIMES.get(c.runtime.type)(app)
+    return Federation(
+        strategy=strategy,
+        runtime=runtime,
+        client_ids=client_ids,
+        clients_per_round=clients_per_round,
+        rounds=c.federation.rounds,
+        evaluate=_evaluator(p, p.eval_rows),
+        eval_every=c.federation.eval_every,
+        down=down,
+        up=up,
+        seed=c.seed,
+        sinks=sinks,
+        run_dir=run_dir,
+        name=c.name,
+    )
+
+
+def _read_rows(path: Path, up_to: int) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["round"] <= up_to]
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def run(
+    config: ExperimentConfig | str | Path | None = None,
+    *,
+    out: str | Path = "runs",
+    resume: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    progress: bool = False,
+    sinks: Sequence[Sink] = (),
+) -> RunResult:
+    """Run an experiment and write its run directory; returns the final figures.
+
+    ``config`` is an :class:`ExperimentConfig`, a TOML path, or None for the built-in default.
+    ``resume`` continues an interrupted run directory from its last checkpoint.
+    """
+    start_round, ckpt = 1, None
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.toml").is_file():
+            raise ResumeError(f"{str(run_dir)!r} is not a run directory: it has no config.toml")
+        config = load_config(run_dir / "config.toml", overrides)
+        ckpt = latest_checkpoint(run_dir)
+        if config.federation.mode == "standalone":
+            raise ResumeError(
+                "federation.mode = 'standalone' runs cannot be resumed; start them again"
+            )
+        if ckpt is not None:
+            start_round = ckpt.round + 1
+    else:
+        if not isinstance(config, ExperimentConfig):
+            config = load_config(config, overrides)
+        elif overrides:
+            raise ValueError("overrides apply to a config file, not to an ExperimentConfig object")
+        run_dir = _unique_run_dir(Path(out), config.name)
+        (run_dir / "config.toml").write_text(config_to_toml(config))
+
+    logging.getLogger(__name__).info("run directory: %s", run_dir)
+    torch.set_num_threads(config.runtime.threads or os.cpu_count() or 1)
+    p = prepare(config)
+    _write_json(
+        run_dir / "partition.json", p.partition.describe(p.train.labels, p.train.label_names)
+    )
+
+    all_sinks: list[Sink] = [ConsoleSink(enabled=progress), *sinks]
+    rows = _read_rows(run_dir / "metrics.jsonl", start_round - 1)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    try:
+        if config.federation.mode == "standalone":
+            result = _run_standalone(p, run_dir, all_sinks)
+        else:
+            result = _run_federated(p, run_dir, all_sinks, ckpt, start_round, rows)
+    finally:
+        for sink in all_sinks:
+            sink.close()
+    return result
+
+
+def _summary_base(p: Prepared, run_dir: Path) -> dict[str, Any]:
+    c = p.config
+    trainable, total = p.task.num_params()
+    return {
+        "name": c.name,
+        "mode": c.federation.mode,
+        "method": METHODS.name_of(type(c.method)),
+        "strategy": STRATEGIES.name_of(type(c.strategy)),
+        "clients": len(p.partition.client_ids),
+        "trainable_params": trainable,
+        "total_params": total,
+        "startup_seconds": round(p.startup_seconds, 3),
+        "run_dir": str(run_dir),
+    }
+
+
+def _finish(
+    p: Prepared, run_dir: Path, rows: list[dict[str, Any]], summary: dict[str, Any], sinks
+) -> RunResult:
+    from fedfm.metrics.report import write_report
+
+    summary["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    _write_json(run_dir / "summary.json", summary)
+    write_report(run_dir, (run_dir / "config.toml").read_text(), rows, summary)
+    for sink in sinks:
+        sink.end(summary)
+    return RunResult(run_dir, summary, rows)
+
+
+def _run_federated(p: Prepared, run_dir: Path, sinks, ckpt, start_round: int, rows) -> RunResult:
+    c = p.config
+    centralized = c.federation.mode == "centralized"
+    if centralized:
+        # Same budget on pooled data: one client doing every selected client's steps.
+        fed = _federation(
+            p,
+            ["pooled"],
+            1,
+            c.federation.local_steps * c.federation.clients_per_round,
+            sinks,
+            run_dir,
+        )
+    else:
+        fed = _federation(
+            p,
+            p.partition.client_ids,
+            c.federation.clients_per_round,
+            c.federation.local_steps,
+            sinks,
+            run_dir,
+        )
+    fed.sinks.insert(0, JsonlSink(run_dir / "metrics.jsonl"))
+    state = p.task.get_state()
+    if ckpt is not None:
+        from fedfm.codecs.wire import validate_state
+
+        state = validate_state(ckpt.state, state)
+        fed.strategy.load_state_dict(ckpt.strategy)
+        fed.totals.update(ckpt.progress)
+    fed.rows = list(rows)
+    state = fed.run(state, start_round)
+    if centralized:  # nothing is exchanged when the data are pooled
+        for row in fed.rows:
+            row["bytes_up"] = row["bytes_down"] = 0
+        fed.totals["bytes_up"] = fed.totals["bytes_down"] = 0
+
+    p.task.set_state(state)
+    test_rows = None  # the whole (possibly data.test_rows-limited) test set
+    final = p.task.evaluate(p.test_tokens, p.test.labels, test_rows)
+    export_dir = run_dir / ("adapter" if p.task.method.is_peft else "model")
+    p.task.export(export_dir)
+    summary = {
+        **_summary_base(p, run_dir),
+        "final_accuracy": final["accuracy"],
+        "final_loss": final["loss"],
+        "test_rows": len(p.test),
+        "rounds": c.federation.rounds,
+        "total_seconds": round(fed.totals["seconds"], 3),
+        "bytes_up_total": fed.totals["bytes_up"],
+        "bytes_down_total": fed.totals["bytes_down"],
+        "rejected_updates": len(fed.rejected),
+        "export_dir": str(export_dir),
+    }
+    return _finish(p, run_dir, fed.rows, summary, sinks)
+
+
+def _run_standalone(p: Prepared, run_dir: Path, sinks) -> RunResult:
+    """Each client trains alone for the whole budget; rows report the mean and worst client."""
+    c = p.config
+    initial = p.task.get_state()
+    per_client: list[list[dict[str, Any]]] = []
+    finals: list[dict[str, float]] = []
+    total_seconds = 0.0
+    for cid in p.partition.client_ids:
+        log.info("standalone: training client %s alone", cid)
+        fed = _federation(
+            p,
+            [cid],
+            1,
+            c.federation.local_steps,
+            [s for s in sinks if isinstance(s, ConsoleSink)],
+            None,
+        )
+        fed.name = f"{c.name} [{cid}]"
+        state = fed.run(clone_state(initial))
+        per_client.append(fed.rows)
+        total_seconds += fed.totals["seconds"]
+        p.task.set_state(state)
+        finals.append({"client": cid, **p.task.evaluate(p.test_tokens, p.test.labels)})
+        for sink in sinks:
+            sink.close()
+    rows = []
+    jsonl = JsonlSink(run_dir / "metrics.jsonl")
+    for r in range(c.federation.rounds):
+        client_rows = [rs[r] for rs in per_client]
+        accs = [x["accuracy"] for x in client_rows if x["accuracy"] is not None]
+        row = {
+            "round": r + 1,
+            "accuracy": float(np.mean(accs)) if accs else None,
+            "accuracy_worst": float(np.min(accs)) if accs else None,
+            "loss": float(np.mean([x["loss"] for x in client_rows])),
+            "bytes_up": 0,
+            "bytes_down": 0,
+            "round_seconds": float(sum(x["round_seconds"] for x in client_rows)),
+            "peak_rss_mb": max(x["peak_rss_mb"] for x in client_rows),
+            "clients": [x["clients"][0] for x in client_rows if x["clients"]],
+        }
+        rows.append(row)
+        jsonl.round(row)
+    accs = [f["accuracy"] for f in finals]
+    summary = {
+        **_summary_base(p, run_dir),
+        "final_accuracy": float(np.mean(accs)),
+        "final_accuracy_worst": float(np.min(accs)),
+        "final_accuracy_per_client": {f["client"]: f["accuracy"] for f in finals},
+        "test_rows": len(p.test),
+        "rounds": c.federation.rounds,
+        "total_seconds": round(total_seconds, 3),
+        "bytes_up_total": 0,
+        "bytes_down_total": 0,
+    }
+    return _finish(p, run_dir, rows, summary, sinks)

@@ -1,0 +1,165 @@
+"""The one round loop, identical for every runtime:
+
+select → configure → encode (down) → dispatch → decode + validate → aggregate → evaluate →
+checkpoint → log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedfm.client.app import ClientTask
+from fedfm.codecs import CodecContext, Pipeline
+from fedfm.errors import FedFMError, ProtocolError
+from fedfm.metrics.memory import peak_rss_mb
+from fedfm.metrics.sinks import Sink
+from fedfm.server.checkpoint import Checkpoint, save_checkpoint
+from fedfm.state import State, Update, clone_state
+from fedfm.strategies.base import Strategy
+
+log = logging.getLogger(__name__)
+
+
+class Federation:
+    """Runs rounds: the server's whole job, whatever moves the bytes."""
+
+    def __init__(
+        self,
+        *,
+        strategy: Strategy,
+        runtime,
+        client_ids: Sequence[str],
+        clients_per_round: int,
+        rounds: int,
+        evaluate: Callable[[State], dict[str, float]],
+        eval_every: int = 1,
+        down: Pipeline | None = None,
+        up: Pipeline | None = None,
+        seed: int = 0,
+        sinks: Sequence[Sink] = (),
+        run_dir: Path | None = None,
+        name: str = "run",
+    ) -> None:
+        self.strategy = strategy
+        self.runtime = runtime
+        self.client_ids = list(client_ids)
+        self.clients_per_round = clients_per_round
+        self.rounds = rounds
+        self.evaluate = evaluate
+        self.eval_every = eval_every
+        self.down = down or Pipeline(())
+        self.up = up or Pipeline(())
+        self.seed = seed
+        self.sinks = list(sinks)
+        self.run_dir = run_dir
+        self.name = name
+        self.rows: list[dict[str, Any]] = []
+        self.totals: dict[str, Any] = {"bytes_up": 0, "bytes_down": 0, "seconds": 0.0}
+        self.rejected: list[dict[str, Any]] = []
+
+    def run(self, state: State, start_round: int = 1) -> State:
+        """Rounds ``start_round … rounds`` from ``state``; returns the final global state."""
+        template = clone_state(state)
+        for sink in self.sinks:
+            sink.start(
+                {
+                    "name": self.name,
+                    "rounds": self.rounds,
+                    "start_round": start_round,
+                    "clients": len(self.client_ids),
+                }
+            )
+        for rnd in range(start_round, self.rounds + 1):
+            state = self.round(rnd, state, template)
+        return state
+
+    def round(self, rnd: int, state: State, template: State) -> State:
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([self.seed, rnd, 0x5E1EC7])
+        selected = self.strategy.select(rnd, self.client_ids, self.clients_per_round, rng)
+        down_payload = self.down.encode(state, CodecContext(round=rnd), {"kind": "global"})
+        tasks = [
+            ClientTask(cid, down_payload, self.strategy.configure_fit(rnd, cid)) for cid in selected
+        ]
+
+        updates: list[Update] = []
+        bytes_up = 0
+        for done, (cid, result) in enumerate(self.runtime.dispatch(tasks), start=1):
+            for sink in self.sinks:
+                sink.client_done(rnd, done, len(tasks))
+            if isinstance(result, Exception):
+                self._reject(rnd, cid, result)
+                continue
+            bytes_up += len(result)
+            try:
+                updates.append(self._decode(rnd, cid, result, state, template))
+            except ProtocolError as e:
+                self._reject(rnd, cid, e)
+
+        if updates:
+            state = self.strategy.aggregate(rnd, state, updates)
+        else:
+            log.warning("round %d: no valid update arrived; the global state is unchanged", rnd)
+
+        metrics: dict[str, float] = {}
+        if rnd % self.eval_every == 0 or rnd == self.rounds:
+            metrics = self.evaluate(state)
+        bytes_down = len(down_payload) * len(tasks)
+        self.totals["bytes_up"] += bytes_up
+        self.totals["bytes_down"] += bytes_down
+        weights = [u.num_examples for u in updates]
+        train_loss = (
+            float(np.average([u.metrics.get("loss", np.nan) for u in updates], weights=weights))
+            if updates
+            else float("nan")
+        )
+        row = {
+            "round": rnd,
+            "accuracy": metrics.get("accuracy"),
+            "loss": train_loss,
+            "eval_loss": metrics.get("loss"),
+            "bytes_up": bytes_up,
+            "bytes_down": bytes_down,
+            "clients": [u.client_id for u in updates],
+            "rejected": [r["client"] for r in self.rejected if r["round"] == rnd],
+        }
+        row["round_seconds"] = time.perf_counter() - t0
+        row["peak_rss_mb"] = peak_rss_mb()
+        self.totals["seconds"] += row["round_seconds"]
+        self.rows.append(row)
+        for sink in self.sinks:
+            sink.round(row)
+        # After the row is logged: a resume redoes any round whose checkpoint is missing.
+        if self.run_dir is not None:
+            ckpt = Checkpoint(rnd, state, self.strategy.state_dict(), progress=dict(self.totals))
+            save_checkpoint(self.run_dir, ckpt)
+        return state
+
+    def _decode(self, rnd: int, cid: str, payload: bytes, state: State, template: State) -> Update:
+        new_state, header = self.up.decode(
+            payload, CodecContext(round=rnd, reference=state), template
+        )
+        if header.get("client") != cid:
+            raise ProtocolError(
+                f"payload names client {header.get('client')!r}, it came from {cid!r}"
+            )
+        n = header.get("num_examples")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ProtocolError(f"payload num_examples = {n!r} is not a positive integer")
+        metrics = header.get("metrics") or {}
+        if not isinstance(metrics, dict) or not all(
+            isinstance(v, int | float) for v in metrics.values()
+        ):
+            raise ProtocolError("payload metrics are not a mapping of numbers")
+        return Update(cid, rnd, new_state, n, {k: float(v) for k, v in metrics.items()})
+
+    def _reject(self, rnd: int, cid: str, error: Exception) -> None:
+        reason = str(error) if isinstance(error, FedFMError) else f"{type(error).__name__}: {error}"
+        log.warning("round %d: rejected client %s: %s", rnd, cid, reason)
+        self.rejected.append({"round": rnd, "client": cid, "reason": reason})

@@ -1,0 +1,17 @@
+"""Strategies: the server's rule for a round — which clients, with what instructions, and how
+their updates become the next global state. ``[strategy] name`` picks one.
+
+| name         | rule                                                        | paper                    |
+|--------------|-------------------------------------------------------------|--------------------------|
+| `fedavg`     | example-weighted mean of client states                      | McMahan et al. 2017      |
+| `fedprox`    | FedAvg + proximal term (mu/2)·‖w − w_global‖² on clients     | Li et al. 2020           |
+| `fedavgm`    | FedAvg with server momentum                                 | Hsu et al. 2019          |
+| `fedadam`    | server Adam on the averaged pseudo-gradient                 | Reddi et al. 2021        |
+| `fedyogi`    | server Yogi                                                  | Reddi et al. 2021        |
+| `fedadagrad` | server Adagrad                                               | Reddi et al. 2021        |
+"""
+
+from fedfm.strategies import fedavg, fedopt  # noqa: F401  (registration)
+from fedfm.strategies.base import STRATEGIES, Strategy
+
+__all__ = ["STRATEGIES", "Strategy"]

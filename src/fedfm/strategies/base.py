@@ -1,0 +1,69 @@
+"""The Strategy interface: configure a round, aggregate its updates."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from fedfm.registry import Registry
+from fedfm.state import FitInstructions, State, Update
+
+
+class Strategy:
+    """The server's rule. Subclasses set ``Spec`` and override :meth:`aggregate`.
+
+    Plumbing shared by every strategy (sampling, byte accounting, validation, checkpoints) lives
+    in the Federation loop; a strategy holds only its own rule and its own state.
+    """
+
+    Spec: ClassVar[type]
+
+    def __init__(self, spec, federation) -> None:
+        self.spec = spec
+        self.federation = federation  # FederationConfig: local budget and learning rate
+
+    def select(self, round: int, clients: list[str], k: int, rng: np.random.Generator) -> list[str]:
+        """Which clients train this round: ``k`` of them, uniformly without replacement."""
+        k = min(k, len(clients))
+        return [clients[i] for i in sorted(rng.choice(len(clients), size=k, replace=False))]
+
+    def configure_fit(self, round: int, client_id: str) -> FitInstructions:
+        """What one selected client is asked to do."""
+        f = self.federation
+        return FitInstructions(
+            round=round,
+            local_steps=f.local_steps,
+            local_epochs=f.local_epochs,
+            lr=f.lr,
+            batch_size=f.batch_size,
+        )
+
+    def aggregate(self, round: int, global_state: State, updates: list[Update]) -> State:
+        """The next global state from this round's (validated) updates."""
+        raise NotImplementedError
+
+    # Server-side state (momentum, moments); saved with every checkpoint.
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        if tensors:
+            raise ValueError(f"{type(self).__name__} keeps no state, got {sorted(tensors)[:3]}")
+
+
+def example_weighted_mean(updates: list[Update]) -> State:
+    """Σ nₖ·wₖ / Σ nₖ over the updates' states, in float32 (then each tensor's own dtype)."""
+    total = float(sum(u.num_examples for u in updates))
+    out: State = OrderedDict()
+    for name, ref in updates[0].state.items():
+        acc = torch.zeros(ref.shape, dtype=torch.float32)
+        for u in updates:
+            acc.add_(u.state[name].to(torch.float32), alpha=u.num_examples / total)
+        out[name] = acc.to(ref.dtype)
+    return out
+
+
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy", "strategy.name")

@@ -1,0 +1,133 @@
+"""Text classification: an encoder (adapted by a Method), mean pooling and a linear head."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fedfm.data.tokens import TokenizedText
+from fedfm.methods.base import Method
+from fedfm.state import State
+
+log = logging.getLogger(__name__)
+
+HEAD_FILE = "head.safetensors"
+
+
+class TextClassifier(nn.Module):
+    """encoder → mean over real tokens → dropout → linear head → logits (batch, num_labels)."""
+
+    def __init__(
+        self, encoder: nn.Module, hidden_size: int, num_labels: int, prefix_tokens: int = 0
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.prefix_tokens = prefix_tokens  # positions a soft prompt prepends to the output
+        self.head = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = hidden[:, self.prefix_tokens :]  # (batch, tokens, hidden)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
+        return self.head(pooled.float())
+
+
+class ClassificationTask:
+    """Builds the classifier around a method-adapted encoder; computes loss and accuracy."""
+
+    def __init__(
+        self,
+        tokenizer,
+        encoder: nn.Module,
+        method: Method,
+        num_labels: int,
+        seed: int,
+        precision: str,
+    ):
+        torch.manual_seed(seed)  # peft's LoRA A init and the head init
+        self.tokenizer = tokenizer
+        self.method = method
+        self.precision = precision
+        hidden = encoder.config.hidden_size
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        self.model = TextClassifier(
+            method.wrap(encoder), hidden, num_labels, method.prefix_tokens()
+        )
+        self.pad_id = int(tokenizer.pad_token_id)
+        # The shared tensors: exactly the trainable parameters, in model order.
+        self.shared = OrderedDict(
+            (n, p) for n, p in self.model.named_parameters() if p.requires_grad
+        )
+
+    # ---- state ------------------------------------------------------------------------------
+    def get_state(self) -> State:
+        return OrderedDict((n, p.detach().clone()) for n, p in self.shared.items())
+
+    @torch.no_grad()
+    def set_state(self, state: State) -> None:
+        for n, p in self.shared.items():
+            p.copy_(state[n])
+
+    def num_params(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts."""
+        total = sum(p.numel() for p in self.model.parameters())
+        return sum(p.numel() for p in self.shared.values()), total
+
+    # ---- compute ------------------------------------------------------------------------------
+    def autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def loss(self, tokens: TokenizedText, labels: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        input_ids, mask = tokens.batch(rows, self.pad_id)
+        with self.autocast():
+            logits = self.model(input_ids, mask)
+        return F.cross_entropy(logits.float(), torch.from_numpy(labels[rows]))
+
+    @torch.inference_mode()
+    def evaluate(
+        self,
+        tokens: TokenizedText,
+        labels: np.ndarray,
+        rows: np.ndarray | None = None,
+        batch_size: int = 128,
+    ) -> dict[str, float]:
+        """Accuracy and mean loss over ``rows`` (all rows by default), in length-sorted batches."""
+        rows = np.arange(len(tokens)) if rows is None else np.asarray(rows)
+        order = rows[np.argsort(tokens.lengths()[rows], kind="stable")]
+        was_training = self.model.training
+        self.model.eval()
+        correct, loss_sum = 0, 0.0
+        try:
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                input_ids, mask = tokens.batch(batch, self.pad_id)
+                with self.autocast():
+                    logits = self.model(input_ids, mask).float()
+                target = torch.from_numpy(labels[batch])
+                loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
+                correct += int((logits.argmax(-1) == target).sum())
+        finally:
+            self.model.train(was_training)
+        return {"accuracy": correct / len(order), "loss": loss_sum / len(order)}
+
+    # ---- export -----------------------------------------------------------------------------
+    def export(self, out: Path) -> Path:
+        """Save the trained part: the peft adapter (or full encoder) and the head as safetensors."""
+        from safetensors.torch import save_file
+
+        out.mkdir(parents=True, exist_ok=True)
+        self.method.save(self.model.encoder, out)
+        head = {k: v.detach().contiguous() for k, v in self.model.head.state_dict().items()}
+        save_file(head, str(out / HEAD_FILE))
+        return out
