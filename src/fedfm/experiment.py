@@ -232,17 +232,18 @@ def run(
             )
         if ckpt is not None:
             start_round = ckpt.round + 1
-    else:
-        if not isinstance(config, ExperimentConfig):
-            config = load_config(config, overrides)
-        elif overrides:
-            raise ValueError("overrides apply to a config file, not to an ExperimentConfig object")
+    elif not isinstance(config, ExperimentConfig):
+        config = load_config(config, overrides)
+    elif overrides:
+        raise ValueError("overrides apply to a config file, not to an ExperimentConfig object")
+
+    torch.set_num_threads(config.runtime.threads or os.cpu_count() or 1)
+    # Data and model errors surface before anything is written.
+    p = prepare(config)
+    if resume is None:
         run_dir = _unique_run_dir(Path(out), config.name)
         (run_dir / "config.toml").write_text(config_to_toml(config))
-
-    logging.getLogger(__name__).info("run directory: %s", run_dir)
-    torch.set_num_threads(config.runtime.threads or os.cpu_count() or 1)
-    p = prepare(config)
+    log.info("run directory: %s", run_dir)
     _write_json(
         run_dir / "partition.json", p.partition.describe(p.train.labels, p.train.label_names)
     )
@@ -331,7 +332,7 @@ def _run_federated(p: Prepared, run_dir: Path, sinks, ckpt, start_round: int, ro
     test_rows = None  # the whole (possibly data.test_rows-limited) test set
     final = p.task.evaluate(p.test_tokens, p.test.labels, test_rows)
     export_dir = run_dir / ("adapter" if p.task.method.is_peft else "model")
-    p.task.export(export_dir)
+    p.task.export(export_dir, p.train.label_names)
     summary = {
         **_summary_base(p, run_dir),
         "final_accuracy": final["accuracy"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from fedfm.state import State
 log = logging.getLogger(__name__)
 
 HEAD_FILE = "head.safetensors"
+LABELS_FILE = "labels.json"
 
 
 class TextClassifier(nn.Module):
@@ -59,9 +61,10 @@ class ClassificationTask:
         hidden = encoder.config.hidden_size
         for p in encoder.parameters():
             p.requires_grad_(False)
-        self.model = TextClassifier(
-            method.wrap(encoder), hidden, num_labels, method.prefix_tokens()
-        )
+        with warnings.catch_warnings():  # peft/transformers deprecation chatter, not the user's
+            warnings.simplefilter("ignore", FutureWarning)
+            wrapped = method.wrap(encoder)
+        self.model = TextClassifier(wrapped, hidden, num_labels, method.prefix_tokens())
         self.pad_id = int(tokenizer.pad_token_id)
         # The shared tensors: exactly the trainable parameters, in model order.
         self.shared = OrderedDict(
@@ -122,12 +125,52 @@ class ClassificationTask:
         return {"accuracy": correct / len(order), "loss": loss_sum / len(order)}
 
     # ---- export -----------------------------------------------------------------------------
-    def export(self, out: Path) -> Path:
-        """Save the trained part: the peft adapter (or full encoder) and the head as safetensors."""
+    def export(self, out: Path, label_names: tuple[str, ...]) -> Path:
+        """Save the trained part: the peft adapter (or full encoder), the head, the label names."""
+        import json
+
         from safetensors.torch import save_file
 
         out.mkdir(parents=True, exist_ok=True)
         self.method.save(self.model.encoder, out)
+        if not self.method.is_peft:  # head-only / full: the tokenizer too, so model/ stands alone
+            self.tokenizer.save_pretrained(str(out))
+        (out / LABELS_FILE).write_text(json.dumps({"labels": list(label_names)}) + "\n")
         head = {k: v.detach().contiguous() for k, v in self.model.head.state_dict().items()}
         save_file(head, str(out / HEAD_FILE))
         return out
+
+
+def load_exported(run_dir: Path):
+    """Reload a run's exported classifier: ``(tokenizer, TextClassifier, label_names)``.
+
+    The encoder comes from the run's ``[model] name``; a peft adapter is applied with
+    ``PeftModel.from_pretrained`` (a full fine-tune is loaded from ``model/``), and the head
+    from ``head.safetensors``.
+    """
+    import json
+
+    from safetensors.torch import load_file
+
+    from fedfm.config import load_config
+    from fedfm.methods import METHODS
+    from fedfm.tasks.models import load_encoder
+
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.toml")
+    method = METHODS.get(METHODS.name_of(type(config.method)))(config.method)
+    export = run_dir / ("adapter" if method.is_peft else "model")
+    tokenizer, encoder = load_encoder(
+        str(export) if (export / "config.json").is_file() else config.model.name
+    )
+    if method.is_peft:
+        from peft import PeftModel
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            encoder = PeftModel.from_pretrained(encoder, str(export))
+    head = load_file(str(export / HEAD_FILE))
+    labels = tuple(json.loads((export / LABELS_FILE).read_text())["labels"])
+    model = TextClassifier(encoder, encoder.config.hidden_size, len(labels), method.prefix_tokens())
+    model.head.load_state_dict(head)
+    return tokenizer, model.eval(), labels

@@ -39,12 +39,19 @@ def resolve_model(name: str) -> str:
 
 def load_encoder(name: str):
     """``(tokenizer, encoder)`` of a HF encoder model (e.g. BERT-like), loaded in float32."""
-    from transformers import AutoModel, AutoTokenizer
+    import warnings
 
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # fedfm reports what matters; no per-weight progress bars
+    hf_logging.disable_progress_bar()
     where = resolve_model(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where)
-        encoder = AutoModel.from_pretrained(where)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            tokenizer = AutoTokenizer.from_pretrained(where)
+            encoder = AutoModel.from_pretrained(where)
     except (OSError, ValueError) as e:
         raise ModelError(
             f"model.name = {name!r} could not be loaded from {where!r}: {str(e).splitlines()[0]} "

@@ -1,0 +1,77 @@
+"""The command line: complete help, one clear line and exit code 2 for bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedfm.cli import main
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], ["run", "config", "report", "examples:"]),
+        (["run"], ["--set", "--out", "--resume", "--quiet", "SECTION.KEY=VALUE"]),
+        (["config"], ["--set"]),
+        (["report"], ["run_dir"]),
+    ],
+)
+def test_help_is_complete(capsys, argv, expected):
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for word in expected:
+        assert word in out
+
+
+def test_config_prints_a_loadable_default(capsys, tmp_path):
+    from fedfm.config import ExperimentConfig, load_config
+
+    assert main(["config", "--set", "federation.rounds=4"]) == 0
+    path = tmp_path / "c.toml"
+    path.write_text(capsys.readouterr().out)
+    assert load_config(path) == ExperimentConfig().replace(
+        federation=ExperimentConfig().federation.__class__(rounds=4)
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["federation.roundz=3"], "unknown key federation.roundz"),
+        (["federation.lr='fast'"], "federation.lr = 'fast' has the wrong type; expected a number"),
+        (
+            ["data.train=/nonexistent/train.tsv"],
+            "data.train = '/nonexistent/train.tsv': the file does not exist",
+        ),
+        (["data.text_column=body"], "data.text_column = 'body' is not a column of"),
+        (
+            ["partition.clients=20000"],
+            "partition.clients = 20000 is more than the 10001 training rows",
+        ),
+        (["data.train_rows=5"], "the training data have a single class ('Sci/Tech',)"),
+        (
+            ["data.labels=['Business','Sci/Tech','Sports','World','Weather']"],
+            "data.labels names the class 'Weather', which has no training rows",
+        ),
+        (
+            ["model.name=/nonexistent/model"],
+            "model.name = '/nonexistent/model' could not be loaded",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, overrides, message):
+    argv = ["run", "--quiet", "--out", str(tmp_path)]
+    for item in overrides:
+        argv += ["--set", item]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedfm: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_resume_of_a_non_run_directory(capsys, tmp_path):
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
