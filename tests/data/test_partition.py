@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tests.conftest import DATA
 
 from fedfm.config import PartitionConfig
 from fedfm.data.partition import partition
 from fedfm.data.table import load_labelled_text
 from fedfm.errors import DataError
-from tests.conftest import DATA
 
 
 @pytest.fixture(scope="module")
