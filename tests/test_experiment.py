@@ -80,9 +80,17 @@ class _Interrupt(Sink):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])
-def test_resume_reaches_the_same_final_state(tiny_config, tmp_path, strategy):
-    config = tiny_config("federation.rounds=3", f"strategy.name={strategy}")
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["strategy.name=fedavg"],
+        # server optimizer state and codec references (lossy downlink deltas) must survive too
+        ["strategy.name=fedadam", "codec.down=['delta','fp16']", "codec.up=['delta','bf16']"],
+    ],
+    ids=["fedavg", "fedadam+codecs"],
+)
+def test_resume_reaches_the_same_final_state(tiny_config, tmp_path, overrides):
+    config = tiny_config("federation.rounds=3", *overrides)
     full = fedfm.run(config, out=tmp_path / "a")
 
     with pytest.raises(KeyboardInterrupt):

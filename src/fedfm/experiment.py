@@ -320,6 +320,7 @@ def _run_federated(p: Prepared, run_dir: Path, sinks, ckpt, start_round: int, ro
 
         state = validate_state(ckpt.state, state)
         fed.strategy.load_state_dict(ckpt.strategy)
+        fed.load_memory_state(ckpt.memory, state)
         fed.totals.update(ckpt.progress)
     fed.rows = list(rows)
     state = fed.run(state, start_round)

@@ -7,13 +7,15 @@ bytes; runtimes only move bytes.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from fedfm.codecs import CodecContext, Pipeline
 from fedfm.data.tokens import TokenizedText
-from fedfm.state import FitInstructions
+from fedfm.state import FitInstructions, State
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,13 @@ class ClientTask:
 
 
 class ClientApp:
-    """Handles fit messages for the clients whose data this process holds."""
+    """Handles fit messages for the clients whose data this process holds.
+
+    The downlink payload of a round is the same for every client, so it is decoded once per
+    round. Codec state kept across rounds: the decoded global state (``view``, the reference
+    for delta coding), the downlink decoder's memory, and each client's uplink encoder memory
+    (e.g. error-feedback residuals).
+    """
 
     def __init__(
         self, trainer, data: dict[str, ClientData], down: Pipeline, up: Pipeline, template
@@ -63,19 +71,47 @@ class ClientApp:
         self.down = down
         self.up = up
         self.template = template  # names, shapes and dtypes of the shared state
-        self.memory: dict[str, dict] = {}  # per-client codec memory (e.g. error feedback)
+        self.view: State | None = None  # the global state as decoded last time
+        self.view_memory: dict[str, torch.Tensor] = {}
+        self.memory: dict[str, dict[str, torch.Tensor]] = {}  # per-client uplink codec memory
+        self._decoded: tuple[int, bytes, State] | None = None
+
+    def _receive(self, round: int, payload: bytes) -> State:
+        if self._decoded is not None and self._decoded[0] == round and self._decoded[1] is payload:
+            return self._decoded[2]
+        ctx = CodecContext(round=round, reference=self.view, memory=self.view_memory)
+        state, _header = self.down.decode(payload, ctx, self.template)
+        self.view = state
+        self._decoded = (round, payload, state)
+        return state
 
     def handle(self, task: ClientTask) -> bytes:
         instr = task.instructions
-        ctx = CodecContext(round=instr.round, memory=self.memory.setdefault(task.client_id, {}))
-        state, _header = self.down.decode(task.payload, ctx, self.template)
+        state = self._receive(instr.round, task.payload)
         update = self.trainer.fit(
             task.client_id, self.index[task.client_id], state, self.data[task.client_id], instr
         )
-        up_ctx = CodecContext(round=instr.round, reference=state, memory=ctx.memory)
+        ctx = CodecContext(
+            round=instr.round, reference=state, memory=self.memory.setdefault(task.client_id, {})
+        )
         header = {
             "client": task.client_id,
             "num_examples": update.num_examples,
             "metrics": update.metrics,
         }
-        return self.up.encode(update.state, up_ctx, header)
+        return self.up.encode(update.state, ctx, header)
+
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        groups: dict[str, dict[str, torch.Tensor]] = {"client.view_memory": self.view_memory}
+        if self.view is not None:
+            groups["client.view"] = dict(self.view)
+        groups.update({f"client.up.{cid}": mem for cid, mem in self.memory.items()})
+        return groups
+
+    def load_state_dict(self, groups: dict[str, dict[str, torch.Tensor]]) -> None:
+        self.view_memory = dict(groups.get("client.view_memory", {}))
+        view = groups.get("client.view")
+        self.view = None if view is None else OrderedDict((n, view[n]) for n in self.template)
+        prefix = "client.up."
+        self.memory = {k[len(prefix) :]: dict(v) for k, v in groups.items() if k.startswith(prefix)}
+        self._decoded = None

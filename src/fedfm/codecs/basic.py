@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from fedfm.codecs.base import CODECS, Codec, CodecContext
-from fedfm.errors import ProtocolError
 
 
 @CODECS.register("delta")
@@ -13,9 +12,8 @@ class Delta(Codec):
     """Send w − reference instead of w; the receiver adds its reference back."""
 
     def _reference(self, ctx: CodecContext):
-        if ctx.reference is None:
-            raise ProtocolError("codec 'delta' needs a reference state that both ends hold")
-        return ctx.reference
+        # No reference yet (the first downlink message): the state is sent whole.
+        return ctx.reference or {}
 
     def encode(self, tensors, ctx):
         ref = self._reference(ctx)

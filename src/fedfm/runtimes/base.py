@@ -15,6 +15,13 @@ class Runtime:
     def dispatch(self, tasks: list[ClientTask]) -> Iterator[tuple[str, bytes | Exception]]:
         raise NotImplementedError
 
+    def state_dict(self) -> dict[str, dict]:
+        """Client-side codec state this runtime keeps for its clients (groups named ``client.*``)."""
+        return {}
+
+    def load_state_dict(self, groups: dict[str, dict]) -> None:
+        """Restore :meth:`state_dict` after a resume."""
+
     def close(self) -> None:
         """Release workers and connections."""
 

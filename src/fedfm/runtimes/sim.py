@@ -25,3 +25,9 @@ class SimRuntime(Runtime):
                 raise  # divergence stops the run; the last good checkpoint stays
             except FedFMError as e:  # a refused message is logged and skipped, the round goes on
                 yield task.client_id, e
+
+    def state_dict(self):
+        return self.app.state_dict()
+
+    def load_state_dict(self, groups):
+        self.app.load_state_dict(groups)

@@ -26,7 +26,9 @@ class Checkpoint:
     round: int
     state: State
     strategy: dict[str, torch.Tensor]
-    memory: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # client → tensors
+    memory: dict[str, dict[str, torch.Tensor]] = field(
+        default_factory=dict
+    )  # codec state: group → tensors
     progress: dict[str, Any] = field(default_factory=dict)  # totals so far (bytes, seconds)
 
 
@@ -44,8 +46,8 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint, keep: int = 2) -> Path:
         {k: v.contiguous() for k, v in ckpt.strategy.items()}, str(tmp / "strategy.safetensors")
     )
     memory = {
-        f"{cid}/{k}": v.contiguous()
-        for cid, tensors in ckpt.memory.items()
+        f"{group}::{k}": v.contiguous()
+        for group, tensors in ckpt.memory.items()
         for k, v in tensors.items()
     }
     save_file(memory, str(tmp / "memory.safetensors"))
@@ -77,7 +79,7 @@ def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
             raise ResumeError(f"checkpoint {str(path)!r} cannot be read: {e}") from None
         memory: dict[str, dict[str, torch.Tensor]] = {}
         for key, t in flat.items():
-            cid, _, name = key.partition("/")
-            memory.setdefault(cid, {})[name] = t
+            group, _, name = key.partition("::")
+            memory.setdefault(group, {})[name] = t
         return Checkpoint(int(progress.pop("round")), State(state), strategy, memory, progress)
     return None

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from fedfm.client.app import ClientTask
 from fedfm.codecs import CodecContext, Pipeline
@@ -62,6 +63,11 @@ class Federation:
         self.rows: list[dict[str, Any]] = []
         self.totals: dict[str, Any] = {"bytes_up": 0, "bytes_down": 0, "seconds": 0.0}
         self.rejected: list[dict[str, Any]] = []
+        # Codec state that must survive across rounds (and resumes):
+        self.client_view: State | None = None  # the global state as clients decoded it last round
+        self.down_memory: dict[str, torch.Tensor] = {}  # downlink encoder
+        self.view_memory: dict[str, torch.Tensor] = {}  # our copy of the clients' downlink decoder
+        self.up_memory: dict[str, dict[str, torch.Tensor]] = {}  # uplink decoder, per client
 
     def run(self, state: State, start_round: int = 1) -> State:
         """Rounds ``start_round … rounds`` from ``state``; returns the final global state."""
@@ -83,7 +89,11 @@ class Federation:
         t0 = time.perf_counter()
         rng = np.random.default_rng([self.seed, rnd, 0x5E1EC7])
         selected = self.strategy.select(rnd, self.client_ids, self.clients_per_round, rng)
-        down_payload = self.down.encode(state, CodecContext(round=rnd), {"kind": "global"})
+        down_ctx = CodecContext(round=rnd, reference=self.client_view, memory=self.down_memory)
+        down_payload = self.down.encode(state, down_ctx, {"kind": "global"})
+        # What every client holds after decoding: the reference for uplink deltas and next round.
+        view_ctx = CodecContext(round=rnd, reference=self.client_view, memory=self.view_memory)
+        self.client_view, _ = self.down.decode(down_payload, view_ctx, template)
         tasks = [
             ClientTask(cid, down_payload, self.strategy.configure_fit(rnd, cid)) for cid in selected
         ]
@@ -98,7 +108,7 @@ class Federation:
                 continue
             bytes_up += len(result)
             try:
-                updates.append(self._decode(rnd, cid, result, state, template))
+                updates.append(self._decode(rnd, cid, result, template))
             except ProtocolError as e:
                 self._reject(rnd, cid, e)
 
@@ -137,14 +147,16 @@ class Federation:
             sink.round(row)
         # After the row is logged: a resume redoes any round whose checkpoint is missing.
         if self.run_dir is not None:
-            ckpt = Checkpoint(rnd, state, self.strategy.state_dict(), progress=dict(self.totals))
+            memory = {**self.memory_state(), **self.runtime.state_dict()}
+            ckpt = Checkpoint(rnd, state, self.strategy.state_dict(), memory, dict(self.totals))
             save_checkpoint(self.run_dir, ckpt)
         return state
 
-    def _decode(self, rnd: int, cid: str, payload: bytes, state: State, template: State) -> Update:
-        new_state, header = self.up.decode(
-            payload, CodecContext(round=rnd, reference=state), template
+    def _decode(self, rnd: int, cid: str, payload: bytes, template: State) -> Update:
+        ctx = CodecContext(
+            round=rnd, reference=self.client_view, memory=self.up_memory.setdefault(cid, {})
         )
+        new_state, header = self.up.decode(payload, ctx, template)
         if header.get("client") != cid:
             raise ProtocolError(
                 f"payload names client {header.get('client')!r}, it came from {cid!r}"
@@ -158,6 +170,30 @@ class Federation:
         ):
             raise ProtocolError("payload metrics are not a mapping of numbers")
         return Update(cid, rnd, new_state, n, {k: float(v) for k, v in metrics.items()})
+
+    def memory_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The server's codec state, by group, for checkpoints."""
+        groups = {"server.down": self.down_memory, "server.view_memory": self.view_memory}
+        if self.client_view is not None:
+            groups["server.view"] = dict(self.client_view)
+        groups.update({f"server.up.{cid}": mem for cid, mem in self.up_memory.items()})
+        return groups
+
+    def load_memory_state(
+        self, groups: dict[str, dict[str, torch.Tensor]], template: State
+    ) -> None:
+        """Restore :meth:`memory_state` (and the runtime's client-side part) from a checkpoint."""
+        from collections import OrderedDict
+
+        self.down_memory = dict(groups.get("server.down", {}))
+        self.view_memory = dict(groups.get("server.view_memory", {}))
+        view = groups.get("server.view")
+        self.client_view = None if view is None else OrderedDict((n, view[n]) for n in template)
+        prefix = "server.up."
+        self.up_memory = {
+            k[len(prefix) :]: dict(v) for k, v in groups.items() if k.startswith(prefix)
+        }
+        self.runtime.load_state_dict({k: v for k, v in groups.items() if k.startswith("client.")})
 
     def _reject(self, rnd: int, cid: str, error: Exception) -> None:
         reason = str(error) if isinstance(error, FedFMError) else f"{type(error).__name__}: {error}"
