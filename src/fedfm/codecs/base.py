@@ -26,6 +26,8 @@ class CodecContext:
     reference: State | None = None
     memory: dict[str, torch.Tensor] = field(default_factory=dict)
     seed: int = 0
+    # The model's shared tensors (names, shapes, dtypes), known to both ends; set on decode.
+    template: State | None = None
 
 
 class Codec:
@@ -100,6 +102,7 @@ class Pipeline:
     ) -> tuple[State, dict[str, Any]]:
         """Bytes → a validated state in the template's names, shapes and dtypes, plus the header."""
         tensors, header = unpack(payload)
+        ctx.template = template
         if header.get("codecs") != self.specs:
             raise ProtocolError(
                 f"payload was coded with {header.get('codecs')!r}, expected {self.specs!r}"

@@ -112,8 +112,10 @@ class Federation:
             except ProtocolError as e:
                 self._reject(rnd, cid, e)
 
+        strategy_metrics: dict[str, float] = {}
         if updates:
             state = self.strategy.aggregate(rnd, state, updates)
+            strategy_metrics = self.strategy.round_metrics()
         else:
             log.warning("round %d: no valid update arrived; the global state is unchanged", rnd)
 
@@ -138,6 +140,7 @@ class Federation:
             "bytes_down": bytes_down,
             "clients": [u.client_id for u in updates],
             "rejected": [r["client"] for r in self.rejected if r["round"] == rnd],
+            **strategy_metrics,
         }
         row["round_seconds"] = time.perf_counter() - t0
         row["peak_rss_mb"] = peak_rss_mb()

@@ -45,6 +45,10 @@ class Strategy:
         """The next global state from this round's (validated) updates."""
         raise NotImplementedError
 
+    def round_metrics(self) -> dict[str, float]:
+        """Figures about the last aggregation to add to the round's row (e.g. an SVD error)."""
+        return {}
+
     # Server-side state (momentum, moments); saved with every checkpoint.
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {}
