@@ -8,7 +8,7 @@ from fedfm.config import ExperimentConfig, config_to_toml, load_config
 from fedfm.errors import ConfigError
 from fedfm.methods.lora import LoraSpec
 from fedfm.methods.prompt import PromptSpec
-from fedfm.strategies.fedopt import FedAdaptiveSpec
+from fedfm.strategies.fedopt import FedAdamSpec
 
 
 def test_default_is_the_documented_experiment():
@@ -30,8 +30,18 @@ def test_toml_file_and_overrides(tmp_path):
     c = load_config(path, ["federation.rounds=2", "federation.lr=1e-3", "data.labels=['a','b']"])
     assert (c.name, c.seed, c.federation.rounds, c.federation.lr) == ("x", 3, 2, 1e-3)
     assert c.method == PromptSpec(num_virtual_tokens=4)
-    assert c.strategy == FedAdaptiveSpec(betas=(0.8, 0.9))
+    assert c.strategy == FedAdamSpec(betas=(0.8, 0.9))
     assert c.data.labels == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    "strategy", ["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"]
+)
+def test_strategy_name_survives_the_resolved_config(tmp_path, strategy):
+    path = tmp_path / "resolved.toml"
+    path.write_text(config_to_toml(load_config(None, [f"strategy.name={strategy}"])))
+    assert f'name = "{strategy}"' in path.read_text()
+    assert load_config(path) == load_config(None, [f"strategy.name={strategy}"])
 
 
 def test_resolved_toml_round_trips(tmp_path):

@@ -205,11 +205,10 @@ class CodecConfig:
     down: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        from fedfm.codecs import parse_codec
+        from fedfm.codecs import Pipeline
 
-        for direction in ("up", "down"):
-            for item in getattr(self, direction):
-                parse_codec(item, f"codec.{direction}")
+        for direction in ("up", "down"):  # builds each chain once: checks items and their order
+            Pipeline(getattr(self, direction), f"codec.{direction}")
 
 
 def _method_spec_default() -> Any:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedfm.codecs import CodecContext, Pipeline
+from fedfm.codecs import CodecContext, Pipeline, peer_seed
 from fedfm.data.tokens import TokenizedText
 from fedfm.state import FitInstructions, State
 
@@ -79,7 +79,8 @@ class ClientApp:
     def _receive(self, round: int, payload: bytes) -> State:
         if self._decoded is not None and self._decoded[0] == round and self._decoded[1] is payload:
             return self._decoded[2]
-        ctx = CodecContext(round=round, reference=self.view, memory=self.view_memory)
+        seed = peer_seed(self.trainer.seed, "server")
+        ctx = CodecContext(round, self.view, self.view_memory, seed)
         state, _header = self.down.decode(payload, ctx, self.template)
         self.view = state
         self._decoded = (round, payload, state)
@@ -91,9 +92,8 @@ class ClientApp:
         update = self.trainer.fit(
             task.client_id, self.index[task.client_id], state, self.data[task.client_id], instr
         )
-        ctx = CodecContext(
-            round=instr.round, reference=state, memory=self.memory.setdefault(task.client_id, {})
-        )
+        memory = self.memory.setdefault(task.client_id, {})
+        ctx = CodecContext(instr.round, state, memory, peer_seed(self.trainer.seed, task.client_id))
         header = {
             "client": task.client_id,
             "num_examples": update.num_examples,

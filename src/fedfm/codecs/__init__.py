@@ -1,15 +1,33 @@
 """Codecs: transforms of the tensors on their way between server and client, chained into a
 pipeline that ends in the wire format (safetensors bytes). ``[codec] up`` and ``down`` name them,
-e.g. ``up = ["delta", "fp16"]``; an item is ``name`` or ``name:argument``.
+e.g. ``up = ["delta", "topk:0.05", "int8"]``; an item is ``name`` or ``name:argument``.
 
-| codec   | what it does                                              | lossless |
-|---------|-----------------------------------------------------------|----------|
-| `delta` | send w − reference (the state the receiver already holds) | yes      |
-| `fp16`  | cast floating tensors to float16                          | no       |
-| `bf16`  | cast floating tensors to bfloat16                         | no       |
+| codec      | argument                                     | lossless | what it sends                                                          |
+|------------|----------------------------------------------|----------|------------------------------------------------------------------------|
+| `delta`    | —                                            | yes¹     | w − reference (the state the receiver already holds)                   |
+| `residual` | —                                            | yes¹     | w − (reference + this peer's last reconstructed delta); an int64 count |
+| `fp16`     | —                                            | no       | floating tensors as float16                                            |
+| `bf16`     | —                                            | no       | floating tensors as bfloat16                                           |
+| `int8`     | `block=N`, `stochastic` (comma-separated)    | no       | int8 per value + a float32 scale per tensor (or per N values)          |
+| `int4`     | `block=N`, `stochastic` (comma-separated)    | no       | 4 bits per value, two per byte + float32 scales as for int8            |
+| `topk`     | `F` in (0, 1], then `feedback`/`no_feedback` | no       | the k = round(F·n) largest-magnitude values + their int32 indices      |
+| `randk`    | `F` in (0, 1], then `feedback`/`no_feedback` | no       | k = round(F·n) values at seeded random positions, unscaled; no indices |
+
+¹ exact up to one floating-point rounding.
+
+- Quantisers are symmetric (q·s, s = max|x|/127 or /7, zero stays zero); rounding to nearest
+  errs by ≤ s/2, ``stochastic`` rounding is unbiased (``codecs/quantize.py``).
+- ``topk`` and ``randk`` send at least one value of each floating tensor. They keep what they
+  did not send in the sender's codec memory and add it to the next message (error feedback,
+  ``codecs/sparsify.py``): on by default, off by default in ``codec.down``, where ``delta``
+  already re-sends what clients lack.
+- ``delta`` and ``residual`` code against the receiver's state, so they come first; each codec
+  appears once in a pipeline. Non-floating tensors pass through every codec unchanged.
+- Codecs add side tensors named ``<tensor>#scale``, ``<tensor>#idx``, ``#residual.step``; they
+  are in the payload, so the bytes reported count them.
 """
 
-from fedfm.codecs import basic  # noqa: F401  (registration)
-from fedfm.codecs.base import CODECS, Codec, CodecContext, Pipeline, parse_codec
+from fedfm.codecs import basic, quantize, residual, sparsify  # noqa: F401  (registration)
+from fedfm.codecs.base import CODECS, Codec, CodecContext, Pipeline, parse_codec, peer_seed
 
-__all__ = ["CODECS", "Codec", "CodecContext", "Pipeline", "parse_codec"]
+__all__ = ["CODECS", "Codec", "CodecContext", "Pipeline", "parse_codec", "peer_seed"]

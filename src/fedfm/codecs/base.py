@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
@@ -12,21 +13,59 @@ from fedfm.errors import ConfigError, ProtocolError
 from fedfm.registry import Registry
 from fedfm.state import State
 
+AUX = "#"
+"""Marks a tensor a codec adds for its own decoder (``w#scale``, ``w#idx``, ``#residual.step``).
+
+Other codecs pass such tensors through untouched; model tensor names never contain ``#``.
+"""
+
+
+def is_aux(name: str) -> bool:
+    """Whether ``name`` is a codec's side tensor rather than one of the model's tensors."""
+    return AUX in name
+
+
+def meta(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """A tensor that has only a shape and a dtype: an entry of a layout."""
+    return torch.empty(shape, dtype=dtype, device="meta")
+
+
+def peer_seed(run_seed: int, peer: str) -> int:
+    """The codec seed of one sender: the run seed and the sender's id (a client id, or "server")."""
+    key = repr((run_seed, peer)).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
+def codec_generator(ctx: CodecContext, *labels: str) -> torch.Generator:
+    """A torch.Generator both ends derive alike from ``ctx.seed``, ``ctx.round`` and ``labels``.
+
+    ``labels`` are e.g. the codec's and the tensor's names, so every tensor draws its own stream.
+    blake2b, not ``hash()``: Python salts string hashes per process.
+    """
+    key = repr((ctx.seed, ctx.round, *labels)).encode()
+    generator = torch.Generator()
+    generator.manual_seed(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little"))
+    return generator
+
 
 @dataclass
 class CodecContext:
     """What both ends know when coding one message.
 
     ``reference`` is the state the receiver already holds (for an update: the global state the
-    client started from). ``memory`` is the sender's own persistent store for this peer (e.g.
-    error-feedback residuals), kept across rounds by the caller and saved with checkpoints.
+    client started from; for the global state: what clients decoded last round, None at first).
+    ``memory`` is this end's own persistent store for this peer (error-feedback residuals,
+    predictions), kept across rounds by the caller and saved with checkpoints: only tensors,
+    under keys prefixed by the codec's name. ``seed`` and ``round`` are known to both ends.
     """
 
     round: int
     reference: State | None = None
     memory: dict[str, torch.Tensor] = field(default_factory=dict)
     seed: int = 0
-    # The model's shared tensors (names, shapes, dtypes), known to both ends; set on decode.
+    # Names, shapes and dtypes of the tensors the codec's encode received, known to both ends:
+    # the model's shared tensors for the first codec, meta tensors for later ones. Pipeline sets
+    # it for each codec on both ends; after Pipeline.decode it holds the model's template.
     template: State | None = None
 
 
@@ -34,18 +73,33 @@ class Codec:
     """A transform of a ``{name: tensor}`` dict; ``decode(encode(x))`` ≈ x.
 
     Subclasses set ``name`` via registration and may accept one ``name:argument`` parameter.
+    A codec that changes names, shapes or dtypes says so in :meth:`layout`, so that the receiver
+    can check a payload before decoding it. A codec that keeps state about what the receiver
+    reconstructs (error feedback, predictions) sets ``commits`` and implements :meth:`commit`.
     """
 
     lossless: ClassVar[bool] = True
+    # Codes the state against ctx.reference (the model's own tensors): must come first.
+    first_only: ClassVar[bool] = False
+    # Whether Pipeline.encode calls commit() with what the receiver will reconstruct.
+    commits: bool = False
 
     def __init__(self, argument: str | None, field: str) -> None:
         self.argument = argument
         if argument is not None:
-            raise ConfigError(f"{field} item {self.spec()!r}: this codec takes no argument")
+            raise self.config_error(field, "this codec takes no argument")
 
     def spec(self) -> str:
         name = CODECS.name_of_class(type(self))
         return name if self.argument is None else f"{name}:{self.argument}"
+
+    def config_error(self, field: str, message: str) -> ConfigError:
+        """A ConfigError naming the config item, e.g. ``codec.up item 'topk:1.5': …``."""
+        return ConfigError(f"{field} item {self.spec()!r}: {message}")
+
+    def layout(self, inputs: State) -> State:
+        """What encode returns for inputs of this layout (names, shapes, dtypes; meta tensors)."""
+        return inputs
 
     def encode(
         self, tensors: dict[str, torch.Tensor], ctx: CodecContext
@@ -55,7 +109,20 @@ class Codec:
     def decode(
         self, tensors: dict[str, torch.Tensor], ctx: CodecContext
     ) -> dict[str, torch.Tensor]:
+        """Invert encode. ``tensors`` match :meth:`layout` of ``ctx.template`` (Pipeline checks
+        names, shapes and dtypes first), so a decoder checks only values (e.g. index ranges)."""
         raise NotImplementedError
+
+    def commit(
+        self,
+        sent: dict[str, torch.Tensor],
+        received: dict[str, torch.Tensor],
+        ctx: CodecContext,
+    ) -> None:
+        """Sender side, after encoding: ``sent`` is what this codec's encode received and
+        ``received`` what the receiver's decode of this codec will return, through the whole
+        downstream chain. Update ``ctx.memory`` from them (only with new tensors: never in place).
+        """
 
 
 class _CodecRegistry(Registry[type[Codec]]):
@@ -81,21 +148,92 @@ def parse_codec(item: str, field: str) -> Codec:
     return CODECS.get(name)(argument if _ else None, field)
 
 
+def check_layout(tensors: dict[str, torch.Tensor], layout: State) -> None:
+    """Raise ProtocolError unless ``tensors`` have exactly the layout's names, shapes and dtypes."""
+    missing = [n for n in layout if n not in tensors]
+    extra = [n for n in tensors if n not in layout]
+    if missing or extra:
+        raise ProtocolError(
+            f"payload tensors do not match the model and codecs: missing {missing[:3]}, "
+            f"unexpected {extra[:3]}"
+        )
+    for name, spec in layout.items():
+        t = tensors[name]
+        if t.shape != spec.shape:
+            raise ProtocolError(
+                f"payload tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(spec.shape)}"
+            )
+        if t.dtype != spec.dtype:
+            raise ProtocolError(
+                f"payload tensor {name!r} has dtype {t.dtype}, expected {spec.dtype}"
+            )
+
+
 class Pipeline:
     """Codecs applied in order on encode and in reverse on decode, then the wire format.
 
     The header records the codec chain; a receiver whose pipeline differs rejects the payload.
+    Both ends derive from the model's template the layout of every stage, so the receiver checks
+    a payload's names, shapes and dtypes before any codec decodes it. After encoding, the sender
+    decodes its own payload as the receiver will and hands each committing codec the receiver's
+    reconstruction of its input, so error feedback and predictions account for every codec
+    downstream (e.g. the int8 error after ``topk``).
     """
 
     def __init__(self, items: tuple[str, ...] | list[str], field: str = "codec") -> None:
         self.codecs = [parse_codec(item, field) for item in items]
         self.specs = [c.spec() for c in self.codecs]
+        names = [CODECS.name_of_class(type(c)) for c in self.codecs]
+        for i, codec in enumerate(self.codecs):
+            if names[i] in names[:i]:
+                raise ConfigError(
+                    f"{field} item {self.specs[i]!r}: {names[i]!r} appears twice; "
+                    "each codec may appear once in a pipeline"
+                )
+            if codec.first_only and i > 0:
+                raise ConfigError(
+                    f"{field} item {self.specs[i]!r} must come first: it codes the state against "
+                    f"the one the receiver holds, so it cannot follow {self.specs[i - 1]!r}"
+                )
+
+    def layouts(self, template: State) -> list[State]:
+        """The layout entering each codec, then the wire's: ``len(codecs) + 1`` entries."""
+        stages = [State((n, meta(t.shape, t.dtype)) for n, t in template.items())]
+        for codec in self.codecs:
+            stages.append(codec.layout(stages[-1]))
+        return stages
 
     def encode(self, state: State, ctx: CodecContext, header: dict[str, Any]) -> bytes:
+        layouts = self.layouts(state)
         tensors: dict[str, torch.Tensor] = dict(state)
-        for codec in self.codecs:
-            tensors = codec.encode(tensors, ctx)
-        return pack(tensors, {**header, "codecs": self.specs, "round": ctx.round})
+        inputs = []  # what each codec's encode received, for commit
+        for codec, layout in zip(self.codecs, layouts, strict=False):
+            inputs.append(tensors)
+            tensors = codec.encode(tensors, replace(ctx, template=layout))
+        payload = pack(tensors, {**header, "codecs": self.specs, "round": ctx.round})
+        self._commit(tensors, inputs, layouts, ctx)
+        return payload
+
+    def _commit(
+        self,
+        wire: dict[str, torch.Tensor],
+        inputs: list[dict[str, torch.Tensor]],
+        layouts: list[State],
+        ctx: CodecContext,
+    ) -> None:
+        """Decode ``wire`` as the receiver will, and commit at each codec that asks for it."""
+        committing = [i for i, c in enumerate(self.codecs) if c.commits]
+        if not committing:
+            return
+        # The receiver's decoders keep their own memory; ours must only change through commit.
+        # A shallow copy suffices as codecs replace memory tensors, never write into them.
+        scratch = dict(ctx.memory)
+        received = wire
+        for i in range(len(self.codecs) - 1, committing[0] - 1, -1):
+            codec = self.codecs[i]
+            received = codec.decode(received, replace(ctx, template=layouts[i], memory=scratch))
+            if codec.commits:
+                codec.commit(inputs[i], received, replace(ctx, template=layouts[i]))
 
     def decode(
         self, payload: bytes, ctx: CodecContext, template: State
@@ -111,6 +249,8 @@ class Pipeline:
             raise ProtocolError(
                 f"payload is for round {header.get('round')!r}, expected round {ctx.round}"
             )
-        for codec in reversed(self.codecs):
-            tensors = codec.decode(tensors, ctx)
+        layouts = self.layouts(template)
+        check_layout(tensors, layouts[-1])
+        for i in reversed(range(len(self.codecs))):
+            tensors = self.codecs[i].decode(tensors, replace(ctx, template=layouts[i]))
         return validate_state(tensors, template), header

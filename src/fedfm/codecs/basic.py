@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from fedfm.codecs.base import CODECS, Codec, CodecContext
+from fedfm.codecs.base import CODECS, Codec, CodecContext, is_aux, meta
+from fedfm.state import State
 
 
 @CODECS.register("delta")
 class Delta(Codec):
     """Send w − reference instead of w; the receiver adds its reference back."""
+
+    first_only = True
 
     def _reference(self, ctx: CodecContext):
         # No reference yet (the first downlink message): the state is sent whole.
@@ -31,17 +34,20 @@ class _Cast(Codec):
     lossless = False
     dtype: torch.dtype
 
+    def _casts(self, name: str, t: torch.Tensor) -> bool:
+        return t.is_floating_point() and not is_aux(name)
+
+    def layout(self, inputs: State) -> State:
+        return State(
+            (n, meta(t.shape, self.dtype) if self._casts(n, t) else t) for n, t in inputs.items()
+        )
+
     def encode(self, tensors, ctx):
-        return {n: t.to(self.dtype) if t.is_floating_point() else t for n, t in tensors.items()}
+        return {n: t.to(self.dtype) if self._casts(n, t) else t for n, t in tensors.items()}
 
     def decode(self, tensors, ctx):
-        # Back to the dtype the receiver's model uses (the reference or float32).
-        ref = ctx.reference or {}
-        out = {}
-        for n, t in tensors.items():
-            target = ref[n].dtype if n in ref else torch.float32
-            out[n] = t.to(target) if t.is_floating_point() else t
-        return out
+        # Back to the dtype this codec's input had (the model's, for a cast right after delta).
+        return {n: t.to(ctx.template[n].dtype) for n, t in tensors.items()}
 
 
 @CODECS.register("fp16")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from fedfm.client.app import ClientTask
-from fedfm.codecs import CodecContext, Pipeline
+from fedfm.codecs import CodecContext, Pipeline, peer_seed
 from fedfm.errors import FedFMError, ProtocolError
 from fedfm.metrics.memory import peak_rss_mb
 from fedfm.metrics.sinks import Sink
@@ -89,10 +89,11 @@ class Federation:
         t0 = time.perf_counter()
         rng = np.random.default_rng([self.seed, rnd, 0x5E1EC7])
         selected = self.strategy.select(rnd, self.client_ids, self.clients_per_round, rng)
-        down_ctx = CodecContext(round=rnd, reference=self.client_view, memory=self.down_memory)
+        seed = peer_seed(self.seed, "server")
+        down_ctx = CodecContext(rnd, self.client_view, self.down_memory, seed)
         down_payload = self.down.encode(state, down_ctx, {"kind": "global"})
         # What every client holds after decoding: the reference for uplink deltas and next round.
-        view_ctx = CodecContext(round=rnd, reference=self.client_view, memory=self.view_memory)
+        view_ctx = CodecContext(rnd, self.client_view, self.view_memory, seed)
         self.client_view, _ = self.down.decode(down_payload, view_ctx, template)
         tasks = [
             ClientTask(cid, down_payload, self.strategy.configure_fit(rnd, cid)) for cid in selected
@@ -156,9 +157,8 @@ class Federation:
         return state
 
     def _decode(self, rnd: int, cid: str, payload: bytes, template: State) -> Update:
-        ctx = CodecContext(
-            round=rnd, reference=self.client_view, memory=self.up_memory.setdefault(cid, {})
-        )
+        memory = self.up_memory.setdefault(cid, {})
+        ctx = CodecContext(rnd, self.client_view, memory, peer_seed(self.seed, cid))
         new_state, header = self.up.decode(payload, ctx, template)
         if header.get("client") != cid:
             raise ProtocolError(

@@ -9,9 +9,10 @@ their updates become the next global state. ``[strategy] name`` picks one.
 | `fedadam`    | server Adam on the averaged pseudo-gradient                 | Reddi et al. 2021        |
 | `fedyogi`    | server Yogi                                                  | Reddi et al. 2021        |
 | `fedadagrad` | server Adagrad                                               | Reddi et al. 2021        |
+| `lora_svd`   | LoRA: rank-r SVD of the mean product B·A; rest as FedAvg    | Bai et al. 2024 FlexLoRA |
 """
 
-from fedfm.strategies import fedavg, fedopt  # noqa: F401  (registration)
+from fedfm.strategies import fedavg, fedopt, lora_aggregation  # noqa: F401  (registration)
 from fedfm.strategies.base import STRATEGIES, Strategy
 
 __all__ = ["STRATEGIES", "Strategy"]

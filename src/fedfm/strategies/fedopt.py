@@ -63,6 +63,22 @@ class FedAdaptiveSpec:
         check(self.tau > 0, "strategy.tau", self.tau, "> 0")
 
 
+# One Spec class per strategy: the registry maps a Spec back to its strategy's name.
+@dataclass(frozen=True)
+class FedAdagradSpec(FedAdaptiveSpec):
+    pass
+
+
+@dataclass(frozen=True)
+class FedAdamSpec(FedAdaptiveSpec):
+    pass
+
+
+@dataclass(frozen=True)
+class FedYogiSpec(FedAdaptiveSpec):
+    pass
+
+
 class _ServerOptimizer(Strategy):
     """Shared by the FedOpt family: keeps per-tensor buffers, applies :meth:`step` to Δ."""
 
@@ -137,6 +153,8 @@ class _Adaptive(_ServerOptimizer):
 class FedAdagrad(_Adaptive):
     """Server Adagrad: v accumulates Δ²."""
 
+    Spec = FedAdagradSpec
+
     def update_v(self, v, delta_sq, beta2):
         v.add_(delta_sq)
 
@@ -145,6 +163,8 @@ class FedAdagrad(_Adaptive):
 class FedAdam(_Adaptive):
     """Server Adam: v is an exponential average of Δ²."""
 
+    Spec = FedAdamSpec
+
     def update_v(self, v, delta_sq, beta2):
         v.mul_(beta2).add_(delta_sq, alpha=1 - beta2)
 
@@ -152,6 +172,8 @@ class FedAdam(_Adaptive):
 @STRATEGIES.register("fedyogi")
 class FedYogi(_Adaptive):
     """Server Yogi: v moves towards Δ² additively, by sign."""
+
+    Spec = FedYogiSpec
 
     def update_v(self, v, delta_sq, beta2):
         v.sub_((1 - beta2) * delta_sq * torch.sign(v - delta_sq))
