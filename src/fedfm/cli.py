@@ -1,4 +1,4 @@
-"""The ``fedfm`` command line: ``fedfm run | config | report``.
+"""The ``fedfm`` command line: ``fedfm run | config | report | bench``.
 
 Errors of the FedFMError hierarchy print one line and exit with code 2; ``--debug`` shows the
 traceback.
@@ -21,6 +21,7 @@ EPILOG = """examples:
   fedfm run --resume runs/agnews-lora        continue an interrupted run
   fedfm config > my.toml                     the default config, every key, to edit
   fedfm report runs/agnews-lora              rebuild report.html from a run directory
+  fedfm bench --quick --peers plain          fedfm against a plain PyTorch loop, in minutes
 """
 
 
@@ -70,6 +71,33 @@ def _parser() -> argparse.ArgumentParser:
     cfg.add_argument("config", nargs="?", help="experiment config (TOML); omit for the default")
     cfg.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
+    )
+
+    bench = sub.add_parser(
+        "bench",
+        help="benchmark fedfm against a plain PyTorch loop and Flower on one scenario",
+        description="Run one scenario through fedfm and its peers, each in its own process, "
+        "measured alike: seconds per round, start-up, accuracy per round, peak memory of the "
+        "process tree, bytes per round; plus a memory-vs-clients sweep and the train step's FLOP "
+        "rate against this machine's measured bf16 matmul peak. Writes bench.json and bench.png.",
+    )
+    bench.add_argument(
+        "target",
+        nargs="?",
+        default="agnews-lora",
+        help="a scenario name (agnews-lora) or an experiment config (TOML); default: agnews-lora",
+    )
+    bench.add_argument(
+        "--peers",
+        default="plain,flower",
+        help="comma-separated peers to compare with: plain, flower (default: both; flower needs `make bench`)",
+    )
+    bench.add_argument(
+        "--quick", action="store_true", help="a short variant that fits in a few minutes"
+    )
+    bench.add_argument("--no-sweep", action="store_true", help="skip the memory-vs-clients sweep")
+    bench.add_argument(
+        "--out", default="bench-runs", help="parent folder of the results (default: bench-runs)"
     )
 
     rep = sub.add_parser(
@@ -142,7 +170,58 @@ def _cmd_report(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "config": _cmd_config, "report": _cmd_report}
+def _cmd_bench(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from fedfm.bench.bench import format_table, run_bench
+
+    console = Console()
+    peers = tuple(p.strip() for p in args.peers.split(",") if p.strip())
+    result = run_bench(
+        args.target,
+        peers=peers,
+        quick=args.quick,
+        out=Path(args.out),
+        sweep=not args.no_sweep,
+        progress=lambda text: console.print(f"[dim]bench:[/dim] {text}"),
+    )
+    table = Table(title=f"fedfm bench: {result['scenario']} ({result['rounds']} rounds)")
+    for col in (
+        "system",
+        "s/round",
+        "startup s",
+        "model→round 1 s",
+        "peak MB",
+        "final acc",
+        "acc per round",
+        "MB up/rnd",
+        "MB down/rnd",
+    ):
+        table.add_column(col)
+    for row in format_table(result):
+        table.add_row(*row)
+    console.print(table)
+    for peer, r in result["ratios"].items():
+        console.print(
+            f"fedfm vs {peer}: {r['round_seconds']:.2f}× the seconds per round, "
+            f"{r['peak_memory']:.2f}× the peak memory, {r['startup']:.2f}× the start-up, "
+            f"{r['accuracy_points']:+.1f} accuracy points"
+        )
+    for row in result["memory_sweep"]:
+        console.print(
+            f"memory sweep: {row['clients']:>5} clients → {row['peak_memory_mb']:.0f} MB peak"
+        )
+    f = result["flops"]
+    console.print(
+        f"train step: {f['step_gflop']:.1f} GFLOP in {f['step_seconds']:.3f} s = {f['achieved_gflops']:.0f} GFLOP/s, "
+        f"{100 * f['fraction_of_peak']:.0f}% of the measured bf16 matmul peak ({f['bf16_matmul_peak_gflops']:.0f} GFLOP/s)"
+    )
+    console.print(f"results: {result['dir']}/bench.json, {result['dir']}/bench.png")
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "config": _cmd_config, "report": _cmd_report, "bench": _cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

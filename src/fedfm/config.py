@@ -87,7 +87,7 @@ class DataConfig:
     max_length: int = 64  # tokens per example after truncation
     train_rows: int = 0  # use only the first N training rows (0 = all)
     test_rows: int = 0  # use only the first N test rows (0 = all) for the final evaluation
-    eval_rows: int = 1000  # rows of the test set scored after each round (0 = all)
+    eval_rows: int = 1000  # the first N test rows are scored after each round (0 = all)
 
     def __post_init__(self) -> None:
         check(8 <= self.max_length <= 8192, "data.max_length", self.max_length, "8 … 8192")
@@ -157,6 +157,7 @@ class FederationConfig:
     optimizer: str = "adamw"
     weight_decay: float = 0.0
     precision: str = "bf16"  # bf16 autocast on CPU, or fp32
+    length_grouping: int = 8  # batches per length-sorted window (less padding); 1 = plain random
     eval_every: int = 1  # evaluate the global model every N rounds (and always after the last)
 
     def __post_init__(self) -> None:
@@ -181,6 +182,12 @@ class FederationConfig:
         check(self.weight_decay >= 0, "federation.weight_decay", self.weight_decay, "≥ 0")
         check_choice("federation.precision", self.precision, ["bf16", "fp32"])
         check(self.eval_every >= 1, "federation.eval_every", self.eval_every, "≥ 1")
+        check(
+            self.length_grouping >= 1,
+            "federation.length_grouping",
+            self.length_grouping,
+            "≥ 1 (1 = off)",
+        )
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,7 @@ class Prepared:
     task: ClassificationTask
     eval_rows: np.ndarray
     startup_seconds: float
+    model_loaded_at: float = 0.0  # wall-clock time.time() when the base model was in memory
 
 
 def _unique_run_dir(out: Path, name: str) -> Path:
@@ -127,6 +128,7 @@ def prepare(config: ExperimentConfig) -> Prepared:
     else:
         part = partition(train.labels, train.columns, config.partition, config.seed)
     tokenizer, encoder = load_encoder(config.model.name)
+    model_loaded_at = time.time()
     key = f"{resolve_model(config.model.name)}|{type(tokenizer).__name__}|{len(tokenizer)}"
     train_tokens = tokenize(train.texts, tokenizer, key, d.max_length)
     test_tokens = tokenize(test.texts, tokenizer, key, d.max_length)
@@ -135,9 +137,7 @@ def prepare(config: ExperimentConfig) -> Prepared:
         tokenizer, encoder, method, len(train.label_names), config.seed, config.federation.precision
     )
     n_eval = len(test) if d.eval_rows == 0 else min(d.eval_rows, len(test))
-    eval_rows = np.sort(
-        np.random.default_rng([config.seed, 0xE7A1]).permutation(len(test))[:n_eval]
-    )
+    eval_rows = np.arange(n_eval)  # the first rows of the test set, the same for every system
     return Prepared(
         config,
         train,
@@ -148,6 +148,7 @@ def prepare(config: ExperimentConfig) -> Prepared:
         task,
         eval_rows,
         time.perf_counter() - t0,
+        model_loaded_at=model_loaded_at,
     )
 
 
@@ -172,7 +173,8 @@ def _federation(
         for cid in client_ids
     }
     down, up = Pipeline(c.codec.down, "codec.down"), Pipeline(c.codec.up, "codec.up")
-    trainer = Trainer(p.task, c.federation.optimizer, c.federation.weight_decay, c.seed)
+    f = c.federation
+    trainer = Trainer(p.task, f.optimizer, f.weight_decay, c.seed, f.length_grouping)
     app = ClientApp(trainer, data, down, up, p.task.get_state())
     runtime = RUNTIMES.get(c.runtime.type)(app)
     return Federation(
@@ -314,6 +316,7 @@ def _run_federated(p: Prepared, run_dir: Path, sinks, ckpt, start_round: int, ro
             run_dir,
         )
     fed.sinks.insert(0, JsonlSink(run_dir / "metrics.jsonl"))
+    fed.start_info["model_loaded_at"] = p.model_loaded_at
     state = p.task.get_state()
     if ckpt is not None:
         from fedfm.codecs.wire import validate_state

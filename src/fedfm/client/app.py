@@ -29,16 +29,40 @@ class ClientData:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def batches(self, batch_size: int, steps: int, rng: np.random.Generator):
-        """``steps`` batches of row indices, epoch by epoch over a fresh permutation each time."""
+    def batches(
+        self, batch_size: int, steps: int, rng: np.random.Generator, length_grouping: int = 1
+    ):
+        """``steps`` batches of row indices, epoch by epoch over a fresh permutation each time.
+
+        With ``length_grouping = g > 1``, each epoch's permutation is cut into windows of g
+        batches; rows are sorted by length inside a window and the window's batches shuffled.
+        Batches then pad to similar lengths (less compute) while staying random across windows,
+        like HF's ``group_by_length`` megabatches.
+        """
         size = min(batch_size, len(self.rows))
-        order = rng.permutation(self.rows)
-        pos = 0
+        per_epoch = len(self.rows) // size
+        epoch: list[np.ndarray] = []
         for _ in range(steps):
-            if pos + size > len(order):
-                order, pos = rng.permutation(self.rows), 0
-            yield order[pos : pos + size]
-            pos += size
+            if not epoch:
+                epoch = self._epoch(size, per_epoch, rng, length_grouping)
+            yield epoch.pop()
+
+    def _epoch(
+        self, size: int, n_batches: int, rng: np.random.Generator, grouping: int
+    ) -> list[np.ndarray]:
+        order = rng.permutation(self.rows)[: n_batches * size]
+        batches: list[np.ndarray] = []
+        if grouping <= 1:
+            batches = [order[i * size : (i + 1) * size] for i in range(n_batches)]
+        else:
+            lengths = self.tokens.lengths()
+            for start in range(0, n_batches, grouping):
+                window = order[start * size : min(start + grouping, n_batches) * size]
+                window = window[np.argsort(lengths[window], kind="stable")]
+                chunk = [window[i : i + size] for i in range(0, len(window), size)]
+                batches.extend(chunk[i] for i in rng.permutation(len(chunk)))
+        batches.reverse()  # consumed with pop(): first batch last
+        return batches
 
     def steps_for_epochs(self, epochs: float, batch_size: int) -> int:
         return max(1, math.ceil(epochs * len(self.rows) / min(batch_size, len(self.rows))))

@@ -29,9 +29,15 @@ class Trainer:
     """
 
     def __init__(
-        self, task, optimizer: str = "adamw", weight_decay: float = 0.0, seed: int = 0
+        self,
+        task,
+        optimizer: str = "adamw",
+        weight_decay: float = 0.0,
+        seed: int = 0,
+        length_grouping: int = 1,
     ) -> None:
         self.task = task
+        self.length_grouping = length_grouping
         self.optimizer = optimizer
         self.weight_decay = weight_decay
         self.seed = seed
@@ -60,7 +66,7 @@ class Trainer:
         steps = instructions.local_steps
         if instructions.local_epochs > 0:
             steps = data.steps_for_epochs(instructions.local_epochs, instructions.batch_size)
-        batches = data.batches(instructions.batch_size, steps, rng)
+        batches = data.batches(instructions.batch_size, steps, rng, self.length_grouping)
         for step, rows in enumerate(batches):
             loss = task.loss(data.tokens, data.labels, rows)
             value = loss.item()

@@ -60,6 +60,7 @@ class Federation:
         self.sinks = list(sinks)
         self.run_dir = run_dir
         self.name = name
+        self.start_info: dict[str, Any] = {}  # extra fields of the sinks' start event
         self.rows: list[dict[str, Any]] = []
         self.totals: dict[str, Any] = {"bytes_up": 0, "bytes_down": 0, "seconds": 0.0}
         self.rejected: list[dict[str, Any]] = []
@@ -72,15 +73,15 @@ class Federation:
     def run(self, state: State, start_round: int = 1) -> State:
         """Rounds ``start_round … rounds`` from ``state``; returns the final global state."""
         template = clone_state(state)
+        info = {
+            "name": self.name,
+            "rounds": self.rounds,
+            "start_round": start_round,
+            "clients": len(self.client_ids),
+            **self.start_info,
+        }
         for sink in self.sinks:
-            sink.start(
-                {
-                    "name": self.name,
-                    "rounds": self.rounds,
-                    "start_round": start_round,
-                    "clients": len(self.client_ids),
-                }
-            )
+            sink.start(info)
         for rnd in range(start_round, self.rounds + 1):
             state = self.round(rnd, state, template)
         return state
