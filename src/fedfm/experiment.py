@@ -74,6 +74,10 @@ class Prepared:
     eval_rows: np.ndarray
     startup_seconds: float
     model_loaded_at: float = 0.0  # wall-clock time.time() when the base model was in memory
+    attack: Any = None  # an Attack, when [attack] type is set
+    malicious: list[str] = field(default_factory=list)
+    poisoned: dict[str, ClientData] = field(default_factory=dict)  # data attacks: client → rows
+    triggered: tuple[TokenizedText, np.ndarray] | None = None  # backdoor: test rows with trigger
 
 
 def _unique_run_dir(out: Path, name: str) -> Path:
@@ -100,9 +104,24 @@ def _check_labels(train: LabelledText) -> None:
         )
 
 
+def _check_supported(config: ExperimentConfig) -> None:
+    """Refuse settings whose machinery this build does not run yet, rather than ignore them."""
+    from fedfm.errors import ConfigError
+
+    if config.privacy.dp != "none":
+        raise ConfigError(
+            f"privacy.dp = {config.privacy.dp!r} is not available in this build yet; allowed: 'none'"
+        )
+    if config.secagg.enabled:
+        raise ConfigError(
+            "secagg.enabled = true is not available in this build yet; allowed: false"
+        )
+
+
 def prepare(config: ExperimentConfig) -> Prepared:
     """Load data and model, tokenise (cached), partition, and build the task."""
     t0 = time.perf_counter()
+    _check_supported(config)
     d = config.data
     train = load_labelled_text(
         resolve_path(d.train),
@@ -138,7 +157,7 @@ def prepare(config: ExperimentConfig) -> Prepared:
     )
     n_eval = len(test) if d.eval_rows == 0 else min(d.eval_rows, len(test))
     eval_rows = np.arange(n_eval)  # the first rows of the test set, the same for every system
-    return Prepared(
+    prepared = Prepared(
         config,
         train,
         test,
@@ -150,12 +169,44 @@ def prepare(config: ExperimentConfig) -> Prepared:
         time.perf_counter() - t0,
         model_loaded_at=model_loaded_at,
     )
+    if config.attack.type != "none":
+        _prepare_attack(prepared, tokenizer, key)
+    return prepared
+
+
+def _prepare_attack(p: Prepared, tokenizer, key: str) -> None:
+    """Choose the malicious clients; poison their data (data attacks); build the backdoor test."""
+    from fedfm.attacks import ATTACKS, malicious_clients
+
+    c = p.config
+    p.attack = ATTACKS.get(c.attack.type)(c.attack, p.train.label_names)
+    p.malicious = malicious_clients(p.partition.client_ids, c.attack.fraction, c.seed)
+    for cid in p.malicious if p.attack.level == "data" else ():
+        index = p.partition.client_ids.index(cid)
+        rows = p.partition.indices[index]
+        rng = np.random.default_rng([c.seed, 0xDA7A, index])
+        texts, labels = p.attack.poison_data(
+            [p.train.texts[i] for i in rows], p.train.labels[rows], rng
+        )
+        tokens = tokenize(texts, tokenizer, key, c.data.max_length)
+        p.poisoned[cid] = ClientData(tokens, labels, np.arange(len(texts)))
+    if c.attack.type == "backdoor":
+        n_eval = len(p.eval_rows)
+        texts, labels = p.attack.triggered_test(
+            p.test.texts[:n_eval], p.test.labels[:n_eval], c.seed
+        )
+        p.triggered = (tokenize(texts, tokenizer, key, c.data.max_length), labels)
 
 
 def _evaluator(p: Prepared, rows: np.ndarray | None):
     def evaluate(state: State) -> dict[str, float]:
         p.task.set_state(state)
-        return p.task.evaluate(p.test_tokens, p.test.labels, rows)
+        metrics = p.task.evaluate(p.test_tokens, p.test.labels, rows)
+        if p.triggered is not None:  # backdoor: share of triggered rows classified as the target
+            tokens, labels = p.triggered
+            target = np.full(len(labels), p.attack.target, dtype=labels.dtype)
+            metrics["attack_success_rate"] = p.task.evaluate(tokens, target)["accuracy"]
+        return metrics
 
     return evaluate
 
@@ -175,7 +226,10 @@ def _federation(
     down, up = Pipeline(c.codec.down, "codec.down"), Pipeline(c.codec.up, "codec.up")
     f = c.federation
     trainer = Trainer(p.task, f.optimizer, f.weight_decay, c.seed, f.length_grouping)
+    data.update({cid: d for cid, d in p.poisoned.items() if cid in data})
     app = ClientApp(trainer, data, down, up, p.task.get_state())
+    if p.attack is not None and p.attack.level == "update" and p.malicious:
+        app.transforms.append(_update_attack(p, list(client_ids)))
     runtime = RUNTIMES.get(c.runtime.type)(app)
     return Federation(
         strategy=strategy,
@@ -191,7 +245,25 @@ def _federation(
         sinks=sinks,
         run_dir=run_dir,
         name=c.name,
+        dropout=c.federation.dropout,
     )
+
+
+def _update_attack(p: Prepared, client_ids: list[str]):
+    """A ClientApp transform: malicious clients replace their trained state (update attacks)."""
+    from fedfm.client.trainer import derive_seed
+
+    malicious = set(p.malicious)
+
+    def transform(client_id: str, rnd: int, trained: State, received: State) -> State:
+        if client_id not in malicious:
+            return trained
+        generator = torch.Generator().manual_seed(
+            derive_seed(p.config.seed, rnd, client_ids.index(client_id), 0xA77)
+        )
+        return p.attack.poison_update(trained, received, generator)
+
+    return transform
 
 
 def _read_rows(path: Path, up_to: int) -> list[dict[str, Any]]:
@@ -347,6 +419,12 @@ def _run_federated(p: Prepared, run_dir: Path, sinks, ckpt, start_round: int, ro
         "bytes_up_total": fed.totals["bytes_up"],
         "bytes_down_total": fed.totals["bytes_down"],
         "rejected_updates": len(fed.rejected),
+        **({"attack": p.config.attack.type, "malicious_clients": p.malicious} if p.attack else {}),
+        **(
+            {"final_attack_success_rate": fed.rows[-1].get("attack_success_rate")}
+            if p.triggered
+            else {}
+        ),
         "export_dir": str(export_dir),
     }
     return _finish(p, run_dir, fed.rows, summary, sinks)

@@ -17,7 +17,13 @@ def test_a_system_runs_in_a_child_and_is_measured(tiny_config, tmp_path, system)
     rounds = m.timeline["rounds"]
     assert [r["round"] for r in rounds] == [1, 2]
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["bytes_up"] > 0 for r in rounds)
-    assert m.launched < m.timeline["model_loaded"] < rounds[0]["start"] < rounds[0]["end"] <= rounds[1]["start"]
+    assert (
+        m.launched
+        < m.timeline["model_loaded"]
+        < rounds[0]["start"]
+        < rounds[0]["end"]
+        <= rounds[1]["start"]
+    )
     assert 200 < m.peak_tree_mb < 8000  # a real process with torch and a 22M-parameter model
     row = _summarise(m)
     assert row["startup_seconds"] > row["model_to_first_round_seconds"] > 0
@@ -31,11 +37,25 @@ def test_a_failing_child_is_a_clear_error(tmp_path):
 
 def test_ratios_are_fedfm_over_peer():
     rows = [
-        {"system": "fedfm", "round_seconds": 10.0, "peak_memory_mb": 500.0, "startup_seconds": 4.0, "final_accuracy": 0.88},
-        {"system": "flower", "round_seconds": 40.0, "peak_memory_mb": 2000.0, "startup_seconds": 16.0, "final_accuracy": 0.875},
+        {
+            "system": "fedfm",
+            "round_seconds": 10.0,
+            "peak_memory_mb": 500.0,
+            "startup_seconds": 4.0,
+            "final_accuracy": 0.88,
+        },
+        {
+            "system": "flower",
+            "round_seconds": 40.0,
+            "peak_memory_mb": 2000.0,
+            "startup_seconds": 16.0,
+            "final_accuracy": 0.875,
+        },
     ]
     r = _ratios(rows)["flower"]
-    assert r == pytest.approx({"round_seconds": 0.25, "peak_memory": 0.25, "startup": 0.25, "accuracy_points": 0.5})
+    assert r == pytest.approx(
+        {"round_seconds": 0.25, "peak_memory": 0.25, "startup": 0.25, "accuracy_points": 0.5}
+    )
 
 
 def test_unknown_targets_are_config_errors(tmp_path):

@@ -99,6 +99,9 @@ class ClientApp:
         self.view_memory: dict[str, torch.Tensor] = {}
         self.memory: dict[str, dict[str, torch.Tensor]] = {}  # per-client uplink codec memory
         self._decoded: tuple[int, bytes, State] | None = None
+        # Applied in order to a trained state before encoding: (client_id, round, trained,
+        # received) -> state. Attacks and client-side privacy plug in here.
+        self.transforms: list = []
 
     def _receive(self, round: int, payload: bytes) -> State:
         if self._decoded is not None and self._decoded[0] == round and self._decoded[1] is payload:
@@ -116,6 +119,8 @@ class ClientApp:
         update = self.trainer.fit(
             task.client_id, self.index[task.client_id], state, self.data[task.client_id], instr
         )
+        for transform in self.transforms:
+            update.state = transform(task.client_id, instr.round, update.state, state)
         memory = self.memory.setdefault(task.client_id, {})
         ctx = CodecContext(instr.round, state, memory, peer_seed(self.trainer.seed, task.client_id))
         header = {

@@ -46,6 +46,7 @@ class Federation:
         sinks: Sequence[Sink] = (),
         run_dir: Path | None = None,
         name: str = "run",
+        dropout: float = 0.0,
     ) -> None:
         self.strategy = strategy
         self.runtime = runtime
@@ -60,6 +61,7 @@ class Federation:
         self.sinks = list(sinks)
         self.run_dir = run_dir
         self.name = name
+        self.dropout = dropout
         self.start_info: dict[str, Any] = {}  # extra fields of the sinks' start event
         self.rows: list[dict[str, Any]] = []
         self.totals: dict[str, Any] = {"bytes_up": 0, "bytes_down": 0, "seconds": 0.0}
@@ -96,8 +98,17 @@ class Federation:
         # What every client holds after decoding: the reference for uplink deltas and next round.
         view_ctx = CodecContext(rnd, self.client_view, self.view_memory, seed)
         self.client_view, _ = self.down.decode(down_payload, view_ctx, template)
+        # Simulated faults: a share of the selected clients drop out and never answer.
+        dropped = []
+        if self.dropout > 0:
+            n_drop = int(round(self.dropout * len(selected)))
+            dropped = sorted(
+                selected[i] for i in rng.choice(len(selected), size=n_drop, replace=False)
+            )
         tasks = [
-            ClientTask(cid, down_payload, self.strategy.configure_fit(rnd, cid)) for cid in selected
+            ClientTask(cid, down_payload, self.strategy.configure_fit(rnd, cid))
+            for cid in selected
+            if cid not in dropped
         ]
 
         updates: list[Update] = []
@@ -142,6 +153,8 @@ class Federation:
             "bytes_down": bytes_down,
             "clients": [u.client_id for u in updates],
             "rejected": [r["client"] for r in self.rejected if r["round"] == rnd],
+            "dropped": dropped,
+            **{k: v for k, v in metrics.items() if k not in ("accuracy", "loss")},
             **strategy_metrics,
         }
         row["round_seconds"] = time.perf_counter() - t0

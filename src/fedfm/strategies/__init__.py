@@ -10,9 +10,17 @@ their updates become the next global state. ``[strategy] name`` picks one.
 | `fedyogi`    | server Yogi                                                  | Reddi et al. 2021        |
 | `fedadagrad` | server Adagrad                                               | Reddi et al. 2021        |
 | `lora_svd`   | LoRA: rank-r SVD of the mean product B·A; rest as FedAvg    | Bai et al. 2024 FlexLoRA |
+| `median`     | coordinate-wise median of the deltas (robust)               | Yin et al. 2018          |
+| `trimmed_mean` | coordinate-wise mean without the beta share at each end   | Yin et al. 2018          |
+| `krum`       | the delta closest to its n − f − 2 nearest others           | Blanchard et al. 2017    |
+| `multikrum`  | mean of the m deltas with the best Krum scores              | Blanchard et al. 2017    |
+| `norm_bound` | FedAvg of the deltas clipped to L2 norm ≤ max_norm          | Sun et al. 2019          |
+| `fltrust`    | deltas weighted by ReLU(cos) with the server's root update  | Cao et al. 2021          |
+
+The robust rules (``median`` … ``fltrust``) are described in :mod:`fedfm.strategies.robust`.
 """
 
-from fedfm.strategies import fedavg, fedopt, lora_aggregation  # noqa: F401  (registration)
+from fedfm.strategies import fedavg, fedopt, lora_aggregation, robust  # noqa: F401  (registration)
 from fedfm.strategies.base import STRATEGIES, Strategy
 
 __all__ = ["STRATEGIES", "Strategy"]

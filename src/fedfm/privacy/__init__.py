@@ -1,0 +1,1 @@
+"""Privacy: client-level differential privacy with a real accountant, and secure aggregation."""
