@@ -27,6 +27,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow  # starts Ray and MiniLM: 45-100 s on 2 shared cores
 def test_flower_peer_runs_two_rounds(tmp_path):
     from fedfm.config import config_to_toml, load_config
 

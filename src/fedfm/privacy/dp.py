@@ -121,8 +121,9 @@ def dp_fedavg_central(
     clients are drawn). With Poisson sampling pass the *expected* count, ``clients_per_round``:
     the actual count depends on whether a client is in, so it must neither divide nor be
     published; and an empty round still releases noise (pass ``template``, e.g. the global
-    state, for the names and shapes). Dropouts do not hurt privacy here: the server adds the
-    noise after seeing who answered, and a fixed n keeps the sensitivity at C/n.
+    state, for the names and shapes). Dropouts do not hurt privacy here: the server adds
+    N(0, (σC/n)²) for whatever n divides, so the ratio to the sensitivity C/n stays σ as long as
+    n does not depend on the clients' data (random dropouts don't; Poisson counts do).
 
     The mean is unweighted on purpose. Weighting by examples, Σ nᵢΔᵢ / Σ nᵢ, breaks the bound
     the noise is sized for: one client's weight nᵢ / Σ nⱼ can be near 1, so it moves the mean by
