@@ -235,6 +235,8 @@ class PrivacyConfig:
     clip_norm: float = 1.0  # the fixed norm, or the initial one for adaptive clipping
     target_quantile: float = 0.5  # adaptive: share of updates left unclipped
     clip_lr: float = 0.2  # adaptive: geometric learning rate of the clip norm
+    audit: bool = False  # loss-threshold membership inference on the final model (AUC)
+    audit_rows: int = 1000  # members (client training rows) and as many non-members (test rows)
 
     def __post_init__(self) -> None:
         check_choice("privacy.dp", self.dp, ["none", "central", "distributed", "local"])
@@ -256,6 +258,7 @@ class PrivacyConfig:
             "0 < q < 1",
         )
         check(self.clip_lr > 0, "privacy.clip_lr", self.clip_lr, "> 0")
+        check(self.audit_rows >= 10, "privacy.audit_rows", self.audit_rows, "≥ 10")
         if self.dp != "none":
             check(
                 self.noise_multiplier > 0 or self.target_epsilon > 0,

@@ -105,17 +105,10 @@ def _check_labels(train: LabelledText) -> None:
 
 
 def _check_supported(config: ExperimentConfig) -> None:
-    """Refuse settings whose machinery this build does not run yet, rather than ignore them."""
-    from fedfm.errors import ConfigError
+    """Refuse settings that cannot keep their promise, before anything is loaded or written."""
+    from fedfm.privacy.federated import check_compatible
 
-    if config.privacy.dp != "none":
-        raise ConfigError(
-            f"privacy.dp = {config.privacy.dp!r} is not available in this build yet; allowed: 'none'"
-        )
-    if config.secagg.enabled:
-        raise ConfigError(
-            "secagg.enabled = true is not available in this build yet; allowed: false"
-        )
+    check_compatible(config)
 
 
 def prepare(config: ExperimentConfig) -> Prepared:
@@ -217,6 +210,10 @@ def _federation(
     c = p.config
     fed_cfg = replace(c.federation, local_steps=local_steps)
     strategy = STRATEGIES.get(STRATEGIES.name_of(type(c.strategy)))(c.strategy, fed_cfg)
+    if c.privacy.dp != "none" or c.secagg.enabled:
+        from fedfm.privacy.federated import ProtectedAggregation
+
+        strategy = ProtectedAggregation(strategy, c, len(client_ids))
     data = {
         cid: ClientData(
             p.train_tokens, p.train.labels, p.partition.indices[p.partition.client_ids.index(cid)]
@@ -227,9 +224,28 @@ def _federation(
     f = c.federation
     trainer = Trainer(p.task, f.optimizer, f.weight_decay, c.seed, f.length_grouping)
     data.update({cid: d for cid, d in p.poisoned.items() if cid in data})
+    if hasattr(strategy, "root_update"):  # FLTrust: the server trains on a small clean root set
+        root_rng = np.random.default_rng([c.seed, 0x2007])
+        root_rows = np.sort(
+            root_rng.choice(
+                len(p.train), size=min(c.strategy.root_rows, len(p.train)), replace=False
+            )
+        )
+        root = ClientData(p.train_tokens, p.train.labels, root_rows)
     app = ClientApp(trainer, data, down, up, p.task.get_state())
+    if hasattr(strategy, "root_update"):
+
+        def root_update(rnd: int, global_state: State) -> State:
+            instructions = strategy.configure_fit(rnd, "server")
+            return trainer.fit("server", len(client_ids), global_state, root, instructions).state
+
+        strategy.root_update = root_update
     if p.attack is not None and p.attack.level == "update" and p.malicious:
         app.transforms.append(_update_attack(p, list(client_ids)))
+    if c.privacy.dp == "distributed":  # after the attack: a malicious client still clips
+        from fedfm.privacy.federated import client_transform
+
+        app.transforms.append(client_transform(c, list(client_ids), p.task.num_params()[0]))
     runtime = RUNTIMES.get(c.runtime.type)(app)
     return Federation(
         strategy=strategy,
@@ -419,6 +435,7 @@ def _run_federated(p: Prepared, run_dir: Path, sinks, ckpt, start_round: int, ro
         "bytes_up_total": fed.totals["bytes_up"],
         "bytes_down_total": fed.totals["bytes_down"],
         "rejected_updates": len(fed.rejected),
+        **_privacy_summary(p, fed),
         **({"attack": p.config.attack.type, "malicious_clients": p.malicious} if p.attack else {}),
         **(
             {"final_attack_success_rate": fed.rows[-1].get("attack_success_rate")}
@@ -428,6 +445,20 @@ def _run_federated(p: Prepared, run_dir: Path, sinks, ckpt, start_round: int, ro
         "export_dir": str(export_dir),
     }
     return _finish(p, run_dir, fed.rows, summary, sinks)
+
+
+def _privacy_summary(p: Prepared, fed: Federation) -> dict[str, Any]:
+    """ε and δ of a DP run; the membership-inference AUC when the audit is on."""
+    from fedfm.privacy.federated import ProtectedAggregation, noise_summary
+
+    out: dict[str, Any] = {}
+    if isinstance(fed.strategy, ProtectedAggregation):
+        out.update(noise_summary(fed.strategy))
+    if p.config.privacy.audit:
+        from fedfm.privacy.audit import membership_auc
+
+        out["mia_auc"] = membership_auc(p, p.config.privacy.audit_rows, p.config.seed)
+    return out
 
 
 def _run_standalone(p: Prepared, run_dir: Path, sinks) -> RunResult:

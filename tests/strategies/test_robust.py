@@ -35,7 +35,7 @@ def make(name, spec=None, root=None):
     """A strategy by name; for fltrust, ``root`` is the server's delta (a State)."""
     strategy = STRATEGIES.get(name)(spec or STRATEGIES.get(name).Spec(), FED)
     if root is not None:
-        strategy.root_update = lambda w: OrderedDict((k, w[k] + root[k]) for k in w)
+        strategy.root_update = lambda rnd, w: OrderedDict((k, w[k] + root[k]) for k in w)
     return strategy
 
 

@@ -126,16 +126,21 @@ class Federation:
                 self._reject(rnd, cid, e)
 
         strategy_metrics: dict[str, float] = {}
+        secagg_down = 0
         if updates:
+            self.strategy.dropped(rnd, dropped)
             state = self.strategy.aggregate(rnd, state, updates)
             strategy_metrics = self.strategy.round_metrics()
+            if "secagg_bytes_up" in strategy_metrics:  # under secure aggregation the uplink is
+                bytes_up = int(strategy_metrics["secagg_bytes_up"])  # the protocol's messages
+                secagg_down = int(strategy_metrics["secagg_bytes_down"])
         else:
             log.warning("round %d: no valid update arrived; the global state is unchanged", rnd)
 
         metrics: dict[str, float] = {}
         if rnd % self.eval_every == 0 or rnd == self.rounds:
             metrics = self.evaluate(state)
-        bytes_down = len(down_payload) * len(tasks)
+        bytes_down = len(down_payload) * len(tasks) + secagg_down
         self.totals["bytes_up"] += bytes_up
         self.totals["bytes_down"] += bytes_down
         weights = [u.num_examples for u in updates]

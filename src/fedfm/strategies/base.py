@@ -45,6 +45,9 @@ class Strategy:
         """The next global state from this round's (validated) updates."""
         raise NotImplementedError
 
+    def dropped(self, round: int, client_ids: list[str]) -> None:
+        """Selected clients that dropped out this round (before aggregate); most rules ignore it."""
+
     def round_metrics(self) -> dict[str, float]:
         """Figures about the last aggregation to add to the round's row (e.g. an SVD error)."""
         return {}

@@ -335,16 +335,16 @@ class FLTrust(_RobustRule):
 
     def __init__(self, spec, federation) -> None:
         super().__init__(spec, federation)
-        self.root_update: Callable[[State], State] | None = None
+        self.root_update: Callable[[int, State], State] | None = None  # (round, global) → trained
 
     def combine(self, round, global_state, deltas, weights):
         if self.root_update is None:
             raise ConfigError(
                 "strategy.name = 'fltrust' needs the server's root-set update: set "
-                "FLTrust.root_update to a callable (global state → server-trained state) "
+                "FLTrust.root_update to a callable ((round, global state) → server-trained state) "
                 "before the first round"
             )
-        trained = self.root_update(clone_state(global_state))  # the callable may train in place
+        trained = self.root_update(round, clone_state(global_state))  # may train in place
         server = flatten_deltas([trained], global_state)[0]
         server_norm = server.norm()
         norms = deltas.norm(dim=1)

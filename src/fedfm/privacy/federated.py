@@ -1,0 +1,292 @@
+"""Privacy in the round loop: DP-FedAvg (central or distributed) and secure aggregation.
+
+:class:`ProtectedAggregation` wraps the configured strategy. It turns the round's updates into
+one mean delta — clipped and noised (central DP), summed under secure aggregation (only the sum
+is revealed), or both in the distributed setting — and hands the inner strategy a single
+synthetic update ``global + mean delta``, so FedAvg returns it as is and the FedOpt family
+treats it as their pseudo-gradient (post-processing does not spend privacy).
+
+The order on a client in distributed DP is clip → quantise → noise → mask
+(:func:`client_transform`, then :func:`fedfm.privacy.secagg.secure_sum`), see
+``fedfm/privacy/dp.py`` and ``fedfm/privacy/secagg.py``.
+
+Accounting: the accountant treats each round as one subsampled Gaussian step with
+q = clients_per_round / clients. fedfm draws exactly ``clients_per_round`` clients per round
+(sampling without replacement), for which that is the usual approximation, not a proof: the
+summary says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from fedfm.client.trainer import derive_seed
+from fedfm.errors import ConfigError
+from fedfm.privacy.accounting import PrivacyAccountant, client_sample_rate, resolve_noise_multiplier
+from fedfm.privacy.dp import (
+    AdaptiveClipper,
+    clip,
+    distributed_noise_share,
+    dp_fedavg_central,
+    effective_noise_multiplier,
+    l2_norm,
+    quantization_norm_slack,
+)
+from fedfm.state import State, Update
+from fedfm.strategies.base import Strategy
+
+log = logging.getLogger(__name__)
+
+ACCOUNTING_NOTE = (
+    "each round is accounted as a Poisson-subsampled Gaussian step with q = clients_per_round / "
+    "clients; fedfm samples exactly clients_per_round clients without replacement, for which "
+    "this is the usual approximation"
+)
+
+
+def check_compatible(config) -> None:
+    """Refuse combinations that cannot keep their promise."""
+    from fedfm.strategies import STRATEGIES
+    from fedfm.strategies.robust import _RobustRule
+
+    dp, secure = config.privacy.dp, config.secagg.enabled
+    if dp == "local":
+        raise ConfigError(
+            "privacy.dp = 'local' (example-level DP-SGD on each client) is not available in this "
+            "build yet; allowed: 'none' | 'central' | 'distributed'"
+        )
+    if dp == "central" and secure:
+        raise ConfigError(
+            "privacy.dp = 'central' needs the server to see and clip each update, which secure "
+            "aggregation hides; use privacy.dp = 'distributed' with secagg.enabled = true"
+        )
+    strategy = STRATEGIES.get(STRATEGIES.name_of(type(config.strategy)))
+    if (dp != "none" or secure) and issubclass(strategy, _RobustRule):
+        raise ConfigError(
+            f"strategy.name = {STRATEGIES.name_of(type(config.strategy))!r} needs each client's "
+            "update, which differential privacy and secure aggregation replace by a noisy or "
+            "masked sum; allowed with them: fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad"
+        )
+    if secure and config.federation.clients_per_round < 2:
+        raise ConfigError("secagg.enabled = true needs federation.clients_per_round ≥ 2")
+
+
+def _flat(delta: State) -> np.ndarray:
+    return torch.cat([t.reshape(-1).to(torch.float32) for t in delta.values()]).numpy()
+
+
+def _unflat(vector: np.ndarray, template: State) -> State:
+    out, pos = OrderedDict(), 0
+    flat = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float32))
+    for name, t in template.items():
+        out[name] = flat[pos : pos + t.numel()].reshape(t.shape).clone()
+        pos += t.numel()
+    return out
+
+
+class ProtectedAggregation(Strategy):
+    """The configured strategy behind DP-FedAvg and/or secure aggregation."""
+
+    def __init__(self, inner: Strategy, config, num_clients: int) -> None:
+        super().__init__(inner.spec, inner.federation)
+        self.inner = inner
+        self.privacy = config.privacy
+        self.secagg = config.secagg
+        self.seed = config.seed
+        self.clients_per_round = config.federation.clients_per_round
+        self.dp = config.privacy.dp
+        self.sample_rate = client_sample_rate(self.clients_per_round, num_clients)
+        self.noise_multiplier = 0.0
+        self.accountant: PrivacyAccountant | None = None
+        self.clipper: AdaptiveClipper | None = None
+        if self.dp != "none":
+            self.noise_multiplier = resolve_noise_multiplier(
+                self.privacy, self.sample_rate, config.federation.rounds
+            )
+            self.accountant = PrivacyAccountant(
+                self.privacy.accountant, self.noise_multiplier, self.sample_rate
+            )
+            if self.privacy.clip == "adaptive":
+                if self.dp != "central":
+                    raise ConfigError(
+                        "privacy.clip = 'adaptive' needs privacy.dp = 'central' (the server sees the norms)"
+                    )
+                self.clipper = AdaptiveClipper.from_config(self.privacy)
+        self._dropped: list[str] = []
+        self._metrics: dict[str, float] = {}
+
+    # The inner strategy decides selection and instructions.
+    def select(self, round, clients, k, rng):
+        return self.inner.select(round, clients, k, rng)
+
+    def configure_fit(self, round, client_id):
+        return self.inner.configure_fit(round, client_id)
+
+    def dropped(self, round: int, client_ids: list[str]) -> None:
+        self._dropped = list(client_ids)
+
+    @property
+    def clip_norm(self) -> float:
+        return self.clipper.clip_norm if self.clipper is not None else self.privacy.clip_norm
+
+    def _generator(self, rnd: int) -> torch.Generator:
+        return torch.Generator().manual_seed(derive_seed(self.seed, rnd, 0xD9))
+
+    def aggregate(self, round: int, global_state: State, updates: list[Update]) -> State:
+        deltas = [
+            OrderedDict((n, u.state[n].float() - global_state[n].float()) for n in global_state)
+            for u in updates
+        ]
+        metrics: dict[str, float] = {}
+        if self.dp == "central":
+            norms = [l2_norm(d) for d in deltas]
+            clip_norm = self.clip_norm
+            metrics["dp_clipped"] = float(sum(n > clip_norm for n in norms))
+            metrics["dp_clip_norm"] = clip_norm
+            sigma = self.noise_multiplier
+            mean = dp_fedavg_central(
+                deltas, clip_norm, sigma, self._generator(round), denominator=self.clients_per_round
+            )
+            if self.clipper is not None:
+                self.clipper.update(norms, self._generator(round + 1_000_003))
+        else:
+            weights = (
+                [1.0] * len(updates)
+                if self.dp == "distributed"
+                else [float(u.num_examples) for u in updates]
+            )
+            if self.secagg.enabled:
+                mean = self._secure_mean(
+                    round, deltas, weights, [u.client_id for u in updates], global_state, metrics
+                )
+            else:
+                total = sum(weights)
+                mean = OrderedDict(
+                    (n, sum(w * d[n] for w, d in zip(weights, deltas, strict=True)) / total)
+                    for n in global_state
+                )
+            if self.dp == "distributed":
+                # clients added noise for clients_per_round shares; fewer summed shares → less noise
+                summed = len(updates)
+                mean = OrderedDict(
+                    (n, t * summed / self.clients_per_round) for n, t in mean.items()
+                )
+                metrics["dp_noise_multiplier_effective"] = effective_noise_multiplier(
+                    self.noise_multiplier, self.clients_per_round, summed
+                )
+        if self.accountant is not None:
+            self.accountant.step()
+            metrics["epsilon"] = self.accountant.epsilon(self.privacy.delta)
+            metrics["dp_noise_multiplier"] = self.noise_multiplier
+        self._metrics = metrics
+        synthetic = OrderedDict(
+            (n, (global_state[n].float() + mean[n]).to(t.dtype)) for n, t in global_state.items()
+        )
+        return self.inner.aggregate(
+            round, global_state, [Update("protected-mean", round, synthetic, 1)]
+        )
+
+    def _secure_mean(self, rnd, deltas, weights, client_ids, template, metrics) -> State:
+        """Σ wₖΔₖ / Σ wₖ through the secure aggregation protocol: the weight travels as one
+        more coordinate, so the server learns only the two sums."""
+        from fedfm.privacy.secagg import secure_sum
+
+        vectors = {
+            cid: np.append(_flat(d) * w, w)
+            for cid, d, w in zip(client_ids, deltas, weights, strict=True)
+        }
+        # Dropped clients took part in key sharing, then vanished: they get a zero vector
+        # that never reaches the sum.
+        dimension = len(next(iter(vectors.values())))
+        for cid in self._dropped:
+            vectors.setdefault(cid, np.zeros(dimension, dtype=np.float32))
+        result = secure_sum(
+            vectors,
+            self.secagg.threshold,
+            self.secagg.fraction_bits,
+            self.secagg.modulus_bits,
+            drop_after_sharing=frozenset(self._dropped),
+            seed=derive_seed(self.seed, rnd, 0x5EC),
+        )
+        metrics["secagg_bytes_up"] = float(result.bytes_up)
+        metrics["secagg_bytes_down"] = float(result.bytes_down)
+        metrics["secagg_seconds"] = result.seconds
+        metrics["secagg_survivors"] = float(len(result.survivors))
+        self.secure_bytes = (result.bytes_up, result.bytes_down)
+        total = result.sum[-1]
+        return _unflat(result.sum[:-1] / total, template)
+
+    def round_metrics(self) -> dict[str, float]:
+        return {**self.inner.round_metrics(), **self._metrics}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out = {f"inner/{k}": v for k, v in self.inner.state_dict().items()}
+        if self.accountant is not None:
+            out["dp/steps"] = torch.tensor(self.accountant.state_dict()["steps"], dtype=torch.int64)
+        if self.clipper is not None:
+            out["dp/clip_norm"] = torch.tensor(
+                self.clipper.state_dict()["clip_norm"], dtype=torch.float64
+            )
+        return out
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.inner.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("inner/")})
+        if self.accountant is not None and "dp/steps" in tensors:
+            self.accountant.load_state_dict({"steps": int(tensors["dp/steps"])})
+        if self.clipper is not None and "dp/clip_norm" in tensors:
+            self.clipper.load_state_dict({"clip_norm": float(tensors["dp/clip_norm"])})
+
+
+def client_transform(config, client_ids: list[str], num_params: int):
+    """Distributed DP on the client: clip its delta, then add its share of the noise.
+
+    With secure aggregation, the clip leaves room for the fixed-point rounding and the noise
+    lands on the fixed-point grid, so quantisation adds no further error.
+    """
+    privacy = config.privacy
+    num_clients = config.federation.clients_per_round
+    sample_rate = client_sample_rate(num_clients, len(client_ids))
+    sigma = resolve_noise_multiplier(privacy, sample_rate, config.federation.rounds)
+    resolution = 2.0**-config.secagg.fraction_bits if config.secagg.enabled else 0.0
+    clip_norm = privacy.clip_norm - (
+        quantization_norm_slack(num_params, resolution) if resolution else 0.0
+    )
+    if clip_norm <= 0:
+        raise ConfigError(
+            f"privacy.clip_norm = {privacy.clip_norm} leaves no room for the fixed-point rounding of "
+            f"{num_params} parameters; raise it or secagg.fraction_bits"
+        )
+
+    def transform(client_id: str, rnd: int, trained: State, received: State) -> State:
+        delta = OrderedDict((n, trained[n].float() - received[n].float()) for n in received)
+        clipped, _ = clip(delta, clip_norm)
+        generator = torch.Generator().manual_seed(
+            derive_seed(config.seed, rnd, client_ids.index(client_id), 0xD1)
+        )
+        noisy = distributed_noise_share(
+            clipped, privacy.clip_norm, sigma, num_clients, generator, resolution=resolution
+        )
+        return OrderedDict(
+            (n, (received[n].float() + noisy[n]).to(t.dtype)) for n, t in received.items()
+        )
+
+    return transform
+
+
+def noise_summary(strategy: ProtectedAggregation) -> dict[str, float | str]:
+    """The privacy figures of summary.json."""
+    out: dict[str, float | str] = {}
+    if strategy.accountant is not None:
+        out["epsilon"] = strategy.accountant.epsilon(strategy.privacy.delta)
+        out["delta"] = strategy.privacy.delta
+        out["noise_multiplier"] = strategy.noise_multiplier
+        out["accountant"] = strategy.privacy.accountant
+        out["accounting_note"] = ACCOUNTING_NOTE
+        if math.isinf(out["epsilon"]):
+            log.warning("the privacy budget is infinite: the noise multiplier is too small")
+    return out

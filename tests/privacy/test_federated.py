@@ -1,0 +1,129 @@
+"""Privacy in the round loop: ε from the accountant, secure sums equal plain sums, refusals."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+
+import fedfm
+from fedfm.config import FederationConfig, load_config
+from fedfm.errors import ConfigError, ProtocolError
+from fedfm.privacy.accounting import epsilon_for
+from fedfm.privacy.federated import ProtectedAggregation
+from fedfm.state import Update
+from fedfm.strategies.fedavg import FedAvg, FedAvgSpec
+
+
+def _updates(n=4, d=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    glob = OrderedDict(a=torch.randn(d, generator=g), b=torch.randn(3, 4, generator=g))
+    ups = [
+        Update(
+            f"c{i}",
+            1,
+            OrderedDict((k, v + 0.1 * torch.randn(v.shape, generator=g)) for k, v in glob.items()),
+            10 * (i + 1),
+        )
+        for i in range(n)
+    ]
+    return glob, ups
+
+
+def test_secure_aggregation_equals_the_plain_weighted_mean():
+    glob, ups = _updates()
+    config = load_config(
+        None, ["secagg.enabled=true", "federation.clients_per_round=4", "partition.clients=4"]
+    )
+    protected = ProtectedAggregation(FedAvg(FedAvgSpec(), FederationConfig()), config, 4)
+    secure = protected.aggregate(1, glob, ups)
+    plain = FedAvg(FedAvgSpec(), FederationConfig()).aggregate(1, glob, ups)
+    for k in glob:
+        assert torch.allclose(secure[k], plain[k], atol=4 * 2**-16)
+    m = protected.round_metrics()
+    assert (
+        m["secagg_survivors"] == 4 and m["secagg_bytes_up"] > 4 * 4 * 62
+    )  # masked vectors are sent
+
+
+def test_secure_aggregation_with_dropouts_below_and_above_the_threshold():
+    glob, ups = _updates(n=5)
+    config = load_config(
+        None,
+        [
+            "secagg.enabled=true",
+            "secagg.threshold=3",
+            "federation.clients_per_round=5",
+            "partition.clients=5",
+        ],
+    )
+    protected = ProtectedAggregation(FedAvg(FedAvgSpec(), FederationConfig()), config, 5)
+    protected.dropped(1, ["c3", "c4"])
+    out = protected.aggregate(1, glob, ups[:3])
+    plain = FedAvg(FedAvgSpec(), FederationConfig()).aggregate(1, glob, ups[:3])
+    assert all(torch.allclose(out[k], plain[k], atol=1e-3) for k in glob)
+    protected.dropped(2, ["c2", "c3", "c4"])
+    with pytest.raises(ProtocolError, match="threshold is 3"):
+        protected.aggregate(2, glob, ups[:2])
+
+
+def test_central_dp_run_reports_the_accountants_epsilon(tiny_config, tmp_path):
+    config = tiny_config(
+        "privacy.dp=central",
+        "privacy.noise_multiplier=1.0",
+        "privacy.clip_norm=5.0",
+        "privacy.audit=true",
+        "privacy.audit_rows=100",
+    )
+    result = fedfm.run(config, out=tmp_path)
+    expected = [epsilon_for(1.0, 2 / 4, r, 1e-5, "rdp") for r in (1, 2)]
+    assert [row["epsilon"] for row in result.metrics] == pytest.approx(expected, rel=1e-9)
+    assert result.summary["epsilon"] == pytest.approx(expected[-1], rel=1e-9)
+    assert result.summary["delta"] == 1e-5 and "approximation" in result.summary["accounting_note"]
+    assert 0.0 <= result.summary["mia_auc"] <= 1.0
+
+
+def test_target_epsilon_is_met(tiny_config, tmp_path):
+    result = fedfm.run(
+        tiny_config("privacy.dp=central", "privacy.target_epsilon=4.0", "federation.rounds=1"),
+        out=tmp_path,
+    )
+    assert 3.9 <= result.summary["epsilon"] <= 4.0
+
+
+def test_distributed_dp_under_secure_aggregation_with_a_dropout(tiny_config, tmp_path):
+    config = tiny_config(
+        "privacy.dp=distributed",
+        "privacy.noise_multiplier=0.5",
+        "privacy.clip_norm=5.0",
+        "secagg.enabled=true",
+        "federation.clients_per_round=4",
+        "federation.dropout=0.25",
+        "federation.rounds=1",
+    )
+    result = fedfm.run(config, out=tmp_path)
+    row = result.metrics[0]
+    assert len(row["dropped"]) == 1 and row["secagg_survivors"] == 3
+    assert row["bytes_up"] == row["secagg_bytes_up"]
+    assert row["dp_noise_multiplier_effective"] == pytest.approx(0.5 * np.sqrt(3 / 4))
+    assert np.isfinite(result.final_accuracy)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["privacy.dp=central", "privacy.noise_multiplier=1", "secagg.enabled=true"],
+            "use privacy.dp = 'distributed'",
+        ),
+        (["secagg.enabled=true", "strategy.name=median"], "needs each client's update"),
+        (["privacy.dp=local", "privacy.noise_multiplier=1"], "is not available in this build yet"),
+        (["privacy.dp=central"], "privacy.noise_multiplier = 0.0 is not allowed"),
+    ],
+)
+def test_incompatible_settings_are_refused(tiny_config, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        fedfm.run(tiny_config(*overrides), out=tmp_path)
+    assert not any(tmp_path.iterdir())
