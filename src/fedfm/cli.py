@@ -85,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
         "target",
         nargs="?",
         default="agnews-lora",
-        help="a scenario name (agnews-lora) or an experiment config (TOML); default: agnews-lora",
+        help="a scenario (agnews-lora, agnews-codecs, agnews-methods, agnews-attacks) or an "
+        "experiment config (TOML); default: agnews-lora",
     )
     bench.add_argument(
         "--peers",
@@ -177,7 +178,9 @@ def _cmd_bench(args) -> int:
     from fedfm.bench.bench import format_table, run_bench
 
     console = Console()
-    peers = tuple(p.strip() for p in args.peers.split(",") if p.strip())
+    peers = (
+        None if args.peers is None else tuple(p.strip() for p in args.peers.split(",") if p.strip())
+    )
     result = run_bench(
         args.target,
         peers=peers,
@@ -211,6 +214,15 @@ def _cmd_bench(args) -> int:
     for row in result["memory_sweep"]:
         console.print(
             f"memory sweep: {row['clients']:>5} clients → {row['peak_memory_mb']:.0f} MB peak"
+        )
+    for row in result["rows"]:
+        console.print(
+            f"{row['system']:>14}: {row['cumulative_mb_up'][-1]:.2f} MB uplink in total, final accuracy {row['final_accuracy']:.4f}"
+            + (
+                f", attack success {row['attack_success_rate']:.3f}"
+                if row.get("attack_success_rate") is not None
+                else ""
+            )
         )
     f = result["flops"]
     console.print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -52,6 +53,8 @@ def _summarise(m: Measured) -> dict[str, Any]:
         "accuracy": [r["accuracy"] for r in rounds],
         "elapsed": [r["end"] - m.launched for r in rounds],
         "bytes_up": statistics.mean(r["bytes_up"] for r in rounds),
+        "cumulative_mb_up": list(itertools.accumulate(r["bytes_up"] / 1e6 for r in rounds)),
+        "trainable_params": t.get("trainable_params"),
         "bytes_down": statistics.mean(r["bytes_down"] for r in rounds),
         "wall_seconds": m.wall_seconds,
         "notes": t.get("notes", []),
@@ -62,7 +65,7 @@ def _ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     ours = next(r for r in rows if r["system"] == "fedfm")
     out = {}
     for r in rows:
-        if r["system"] == "fedfm":
+        if r["system"] not in PEERS:  # ratios are against peers; variants are compared in the table
             continue
         out[r["system"]] = {
             "round_seconds": ours["round_seconds"] / r["round_seconds"],
@@ -93,13 +96,15 @@ def _flop_rate(config) -> dict[str, float]:
 
 def run_bench(
     target: str | None = None,
-    peers: tuple[str, ...] = PEERS,
+    peers: tuple[str, ...] | None = None,
     quick: bool = False,
     out: Path = Path("bench-runs"),
     sweep: bool = True,
     progress=None,
 ) -> dict[str, Any]:
     """Run the benchmark and write ``bench.json`` and plots into ``out/<scenario>``."""
+    scenario, path = resolve_scenario(target)
+    peers = scenario.peers if peers is None else peers
     for peer in peers:
         if peer not in PEERS:
             raise ConfigError(
@@ -113,7 +118,6 @@ def run_bench(
                 "the flower peer needs the `flwr` package: run `make bench` (it installs Flower "
                 "into .venv-bench), or pass --peers plain"
             ) from None
-    scenario, path = resolve_scenario(target)
     rounds = scenario.quick_rounds if quick else scenario.rounds
     extra = [
         *scenario.overrides,
@@ -125,8 +129,8 @@ def run_bench(
     workdir.mkdir(parents=True, exist_ok=True)
 
     plan: list[tuple[str, str, Any]] = [("fedfm", "fedfm", config)]
-    if not quick:
-        for label, overrides in scenario.variants.items():
+    for label, overrides in scenario.variants.items():
+        if not quick or label in (scenario.quick_variants or ()):
             plan.append((label, "fedfm", load_config(path, [*extra, *overrides])))
     plan += [(peer, peer, config) for peer in peers]
 
@@ -142,7 +146,7 @@ def run_bench(
     rows = [_summarise(m) for m in measured]
 
     sweep_rows = []
-    if sweep:
+    if sweep and scenario.sweep_clients:
         for n in scenario.sweep_clients if not quick else scenario.sweep_clients[:2]:
             say(f"memory sweep: {n} clients")
             cfg = load_config(
@@ -182,15 +186,18 @@ def run_bench(
 def _plots(result: dict[str, Any], workdir: Path) -> None:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(11, 3.6))
-    ax1, ax2, ax3 = fig.subplots(1, 3)
+    fig = Figure(figsize=(14, 3.6))
+    ax1, ax2, ax4, ax3 = fig.subplots(1, 4)
     for row in result["rows"]:
         rounds = list(range(1, len(row["accuracy"]) + 1))
         ax1.plot(rounds, row["accuracy"], marker="o", label=row["system"])
         ax2.plot(row["elapsed"], row["accuracy"], marker="o", label=row["system"])
+        ax4.plot(row["cumulative_mb_up"], row["accuracy"], marker="o", label=row["system"])
+    ax4.set(xlabel="cumulative uplink MB", ylabel="test accuracy", title="accuracy vs uplink bytes")
+    ax4.set_xscale("log")
     ax1.set(xlabel="round", ylabel="test accuracy", title="accuracy per round")
     ax2.set(xlabel="seconds since launch", ylabel="test accuracy", title="accuracy vs wall-clock")
-    ax1.legend(fontsize=8)
+    ax1.legend(fontsize=7)
     if result["memory_sweep"]:
         xs = [r["clients"] for r in result["memory_sweep"]]
         ax3.plot(
