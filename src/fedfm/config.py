@@ -148,7 +148,7 @@ class FederationConfig:
     """The round loop's budget and the clients' local training."""
 
     mode: str = "federated"  # federated | centralized | standalone
-    rounds: int = 15
+    rounds: int = 20
     clients_per_round: int = 5
     local_steps: int = 10
     local_epochs: float = 0.0  # > 0 replaces local_steps by epochs over the client's rows
