@@ -41,7 +41,9 @@ class TokenizedText:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def batch(self, rows: np.ndarray, pad_id: int, multiple: int = PAD_MULTIPLE) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self, rows: np.ndarray, pad_id: int, multiple: int = PAD_MULTIPLE
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(input_ids, attention_mask)`` of shape (len(rows), longest row rounded up to
         ``multiple``), right-padded. Few distinct widths keep the allocator and oneDNN's
         primitive cache from growing with every new shape (flat memory over rounds)."""
