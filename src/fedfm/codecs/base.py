@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedfm.codecs.wire import pack, unpack, validate_state
+from fedfm.codecs.wire import check_layout, pack, unpack, validate_state
 from fedfm.errors import ConfigError, ProtocolError
 from fedfm.registry import Registry
 from fedfm.state import State
@@ -146,27 +146,6 @@ def parse_codec(item: str, field: str) -> Codec:
             f"{field} item {item!r} is not a known codec; allowed: {', '.join(CODECS.names())}"
         )
     return CODECS.get(name)(argument if _ else None, field)
-
-
-def check_layout(tensors: dict[str, torch.Tensor], layout: State) -> None:
-    """Raise ProtocolError unless ``tensors`` have exactly the layout's names, shapes and dtypes."""
-    missing = [n for n in layout if n not in tensors]
-    extra = [n for n in tensors if n not in layout]
-    if missing or extra:
-        raise ProtocolError(
-            f"payload tensors do not match the model and codecs: missing {missing[:3]}, "
-            f"unexpected {extra[:3]}"
-        )
-    for name, spec in layout.items():
-        t = tensors[name]
-        if t.shape != spec.shape:
-            raise ProtocolError(
-                f"payload tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(spec.shape)}"
-            )
-        if t.dtype != spec.dtype:
-            raise ProtocolError(
-                f"payload tensor {name!r} has dtype {t.dtype}, expected {spec.dtype}"
-            )
 
 
 class Pipeline:

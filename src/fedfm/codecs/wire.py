@@ -55,6 +55,27 @@ def unpack(
     return tensors, header
 
 
+def check_layout(tensors: dict[str, torch.Tensor], layout: State) -> None:
+    """Raise ProtocolError unless ``tensors`` have exactly the layout's names, shapes and dtypes."""
+    missing = [n for n in layout if n not in tensors]
+    extra = [n for n in tensors if n not in layout]
+    if missing or extra:
+        raise ProtocolError(
+            f"payload tensors do not match the model and codecs: missing {missing[:3]}, "
+            f"unexpected {extra[:3]}"
+        )
+    for name, spec in layout.items():
+        t = tensors[name]
+        if t.shape != spec.shape:
+            raise ProtocolError(
+                f"payload tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(spec.shape)}"
+            )
+        if t.dtype != spec.dtype:
+            raise ProtocolError(
+                f"payload tensor {name!r} has dtype {t.dtype}, expected {spec.dtype}"
+            )
+
+
 def validate_state(
     tensors: dict[str, torch.Tensor], template: State, max_norm: float | None = None
 ) -> State:
@@ -62,24 +83,12 @@ def validate_state(
 
     Returns the tensors in the template's order; raises ProtocolError naming the first problem.
     """
-    missing = [n for n in template if n not in tensors]
-    extra = [n for n in tensors if n not in template]
-    if missing or extra:
-        raise ProtocolError(
-            f"update tensors do not match the model: missing {missing[:3]}, unexpected {extra[:3]}"
-        )
+    check_layout(tensors, template)
     out: State = State()
-    for name, ref in template.items():
-        t = tensors[name]
-        if t.shape != ref.shape:
-            raise ProtocolError(
-                f"update tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(ref.shape)}"
-            )
-        if t.dtype != ref.dtype:
-            raise ProtocolError(f"update tensor {name!r} has dtype {t.dtype}, expected {ref.dtype}")
-        if not torch.isfinite(t).all():
+    for name in template:
+        if not torch.isfinite(tensors[name]).all():
             raise ProtocolError(f"update tensor {name!r} has NaN or infinite values")
-        out[name] = t
+        out[name] = tensors[name]
     if max_norm is not None:
         norm = torch.sqrt(sum((t.float() ** 2).sum() for t in out.values())).item()
         if norm > max_norm:

@@ -8,31 +8,6 @@ empirical side of ε: 0.5 means the model does not tell members apart.
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch.nn import functional as F
-
-
-@torch.inference_mode()
-def per_example_loss(
-    task, tokens, labels: np.ndarray, rows: np.ndarray, batch_size: int = 64
-) -> np.ndarray:
-    """Cross-entropy of each row under the task's current model."""
-    was_training = task.model.training
-    task.model.eval()
-    out = np.empty(len(rows), dtype=np.float64)
-    try:
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
-            input_ids, mask = tokens.batch(batch, task.pad_id)
-            with task.autocast():
-                logits = task.model(input_ids, mask).float()
-            target = torch.from_numpy(labels[batch])
-            out[start : start + len(batch)] = F.cross_entropy(
-                logits, target, reduction="none"
-            ).numpy()
-    finally:
-        task.model.train(was_training)
-    return out
 
 
 def auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float:
@@ -61,6 +36,6 @@ def membership_auc(prepared, rows: int, seed: int) -> float:
     members = np.concatenate(p.partition.indices)
     members = rng.choice(members, size=min(rows, len(members)), replace=False)
     nonmembers = rng.choice(len(p.test), size=min(rows, len(p.test)), replace=False)
-    member_loss = per_example_loss(p.task, p.train_tokens, p.train.labels, members)
-    nonmember_loss = per_example_loss(p.task, p.test_tokens, p.test.labels, nonmembers)
+    member_loss, _ = p.task.per_example(p.train_tokens, p.train.labels, members)
+    nonmember_loss, _ = p.task.per_example(p.test_tokens, p.test.labels, nonmembers)
     return auc(-member_loss, -nonmember_loss)

@@ -98,31 +98,41 @@ class ClassificationTask:
         return F.cross_entropy(logits.float(), torch.from_numpy(labels[rows]))
 
     @torch.inference_mode()
-    def evaluate(
+    def per_example(
         self,
         tokens: TokenizedText,
         labels: np.ndarray,
         rows: np.ndarray | None = None,
         batch_size: int = 64,  # small batches keep the peak RSS low; speed is the same on CPU
-    ) -> dict[str, float]:
-        """Accuracy and mean loss over ``rows`` (all rows by default), in length-sorted batches."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per row of ``rows`` (all rows by default), in that order: the loss and whether the
+        prediction is right. Scored in length-sorted batches (little padding)."""
         rows = np.arange(len(tokens)) if rows is None else np.asarray(rows)
-        order = rows[np.argsort(tokens.lengths()[rows], kind="stable")]
+        order = np.argsort(tokens.lengths()[rows], kind="stable")
+        losses = np.empty(len(rows), dtype=np.float64)
+        correct = np.empty(len(rows), dtype=bool)
         was_training = self.model.training
         self.model.eval()
-        correct, loss_sum = 0, 0.0
         try:
             for start in range(0, len(order), batch_size):
-                batch = order[start : start + batch_size]
+                at = order[start : start + batch_size]
+                batch = rows[at]
                 input_ids, mask = tokens.batch(batch, self.pad_id)
                 with self.autocast():
                     logits = self.model(input_ids, mask).float()
                 target = torch.from_numpy(labels[batch])
-                loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
-                correct += int((logits.argmax(-1) == target).sum())
+                losses[at] = F.cross_entropy(logits, target, reduction="none").numpy()
+                correct[at] = (logits.argmax(-1) == target).numpy()
         finally:
             self.model.train(was_training)
-        return {"accuracy": correct / len(order), "loss": loss_sum / len(order)}
+        return losses, correct
+
+    def evaluate(
+        self, tokens: TokenizedText, labels: np.ndarray, rows: np.ndarray | None = None
+    ) -> dict[str, float]:
+        """Accuracy and mean loss over ``rows`` (all rows by default)."""
+        losses, correct = self.per_example(tokens, labels, rows)
+        return {"accuracy": float(correct.mean()), "loss": float(losses.mean())}
 
     # ---- export -----------------------------------------------------------------------------
     def export(self, out: Path, label_names: tuple[str, ...]) -> Path:
