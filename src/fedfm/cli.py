@@ -90,8 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--peers",
-        default="plain,flower",
-        help="comma-separated peers to compare with: plain, flower (default: both; flower needs `make bench`)",
+        default=None,
+        help="comma-separated peers to compare with: plain, flower (default: the scenario's — both "
+        "for agnews-lora, none for the codec, method and attack scenarios; flower needs `make bench`)",
     )
     bench.add_argument(
         "--quick", action="store_true", help="a short variant that fits in a few minutes"

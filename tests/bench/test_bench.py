@@ -64,3 +64,20 @@ def test_unknown_targets_are_config_errors(tmp_path):
         resolve_scenario("imagenet")
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_scenario(str(tmp_path / "x.toml"))
+
+
+def test_scenario_peers_are_the_default(monkeypatch, tmp_path):
+    """Without --peers, a scenario's own peers apply: the attack scenario needs no Flower."""
+    from fedfm.bench import bench as bench_module
+    from fedfm.cli import main
+
+    seen = {}
+
+    def fake_run_bench(target, peers, **kwargs):
+        seen["peers"] = peers
+        raise FedFMError("stop here")
+
+    monkeypatch.setattr(bench_module, "run_bench", fake_run_bench)
+    assert main(["bench", "agnews-attacks", "--out", str(tmp_path)]) == 2
+    assert seen["peers"] is None
+    assert bench_module.SCENARIOS["agnews-attacks"].peers == ()
