@@ -11,7 +11,7 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: run test test-slow test-all lint format clean install bench bench-quick
+.PHONY: run test test-slow test-all lint format clean install bench bench-quick proto
 
 install: $(STAMP)
 
@@ -57,5 +57,14 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests
 	$(BIN)/ruff check --fix src tests
 
+# Regenerate the gRPC modules from fedfm.proto. grpcio-tools 1.75 emits protobuf 6.31 code, which
+# runs on protobuf 6.31+ and 7.x alike (Flower's environment pins 6.x); it gets a throw-away venv.
+PROTO_VENV := .venv-proto
+proto:
+	test -x $(PROTO_VENV)/bin/python || $(PYTHON) -m venv $(PROTO_VENV)
+	$(PROTO_VENV)/bin/python -m pip install -q "grpcio-tools==1.75.1"
+	cd src && ../$(PROTO_VENV)/bin/python -m grpc_tools.protoc -I. --python_out=. \
+		--grpc_python_out=. fedfm/runtimes/grpc/fedfm.proto
+
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) runs bench-runs .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) $(PROTO_VENV) runs bench-runs .pytest_cache

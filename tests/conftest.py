@@ -41,3 +41,14 @@ def tiny_config():
         return load_config(None, [*TINY, *overrides])
 
     return make
+
+
+@pytest.fixture(scope="module")
+def tiny_config_module():
+    """Module-scoped ``tiny_config`` for fixtures that run an experiment once per module."""
+    from fedfm.config import load_config
+
+    def make(*overrides: str):
+        return load_config(None, [*TINY, *overrides])
+
+    return make

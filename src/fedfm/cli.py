@@ -1,4 +1,4 @@
-"""The ``fedfm`` command line: ``fedfm run | config | report | bench``.
+"""The ``fedfm`` command line: ``fedfm run | config | report | bench | serve | join | certs``.
 
 Errors of the FedFMError hierarchy print one line and exit with code 2; ``--debug`` shows the
 traceback.
@@ -22,6 +22,9 @@ EPILOG = """examples:
   fedfm config > my.toml                     the default config, every key, to edit
   fedfm report runs/agnews-lora              rebuild report.html from a run directory
   fedfm bench --quick --peers plain          fedfm against a plain PyTorch loop, in minutes
+  fedfm certs certs/                         test CA + server certificate for TLS
+  fedfm serve configs/network.toml           serve an experiment to network clients
+  fedfm join 127.0.0.1:8443 --ca certs/ca.pem --client-id c1 --token T --data my.csv
 """
 
 
@@ -102,6 +105,65 @@ def _parser() -> argparse.ArgumentParser:
         "--out", default="bench-runs", help="parent folder of the results (default: bench-runs)"
     )
 
+    srv = sub.add_parser(
+        "serve",
+        help="serve an experiment to network clients (gRPC, TLS by default)",
+        description="Start a federated server: it waits for server.min_clients clients to join "
+        "with `fedfm join`, runs the rounds, and writes the same run directory as `fedfm run` "
+        "(plus server.sqlite). Allowed clients and their tokens come from [server] tokens_file.",
+    )
+    srv.add_argument("config", nargs="?", help="experiment config (TOML) with a [server] section")
+    srv.add_argument("--address", help="HOST:PORT to listen on (default: server.address)")
+    srv.add_argument("--out", default="runs", help="parent folder of the run directory")
+    srv.add_argument("--resume", metavar="RUN_DIR", help="continue a crashed server's run")
+    srv.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
+    )
+    srv.add_argument("--quiet", action="store_true", help="no live progress display")
+
+    join = sub.add_parser(
+        "join",
+        help="join a server as a client with a local data file",
+        description="Join a `fedfm serve` server: receive the experiment (model, method, columns, "
+        "labels, hyper-parameters, codecs), train on the local data file each round the server "
+        "asks, and send updates back. Only the updates leave this machine.",
+    )
+    join.add_argument("address", metavar="HOST:PORT", help="the server's address")
+    join.add_argument("--token", default="", help="this client's token (from the server operator)")
+    join.add_argument("--data", required=True, help="training data file (CSV, TSV, JSONL, Parquet)")
+    join.add_argument("--client-id", help="this client's id (default: the --cert common name)")
+    join.add_argument("--ca", help="CA certificate (PEM) that signed the server's certificate")
+    join.add_argument("--cert", help="client certificate (PEM) for mutual TLS")
+    join.add_argument("--key", help="its private key (PEM)")
+    join.add_argument(
+        "--insecure", action="store_true", help="no TLS (only for servers with server.tls = false)"
+    )
+    join.add_argument(
+        "--retry-seconds",
+        type=float,
+        default=300.0,
+        help="keep retrying an unreachable server this long (default: 300)",
+    )
+
+    certs = sub.add_parser(
+        "certs",
+        help="create a test CA, server and client certificates",
+        description="Write ca.pem/ca.key, server.pem/server.key and <client>.pem/.key into DIR: "
+        "enough to try TLS and mutual TLS. Use your own PKI in production.",
+    )
+    certs.add_argument("dir", help="output folder")
+    certs.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="host name or IP the server certificate is valid for (repeatable; "
+        "default: localhost and 127.0.0.1)",
+    )
+    certs.add_argument(
+        "--client", action="append", default=[], help="also issue a client certificate (repeatable)"
+    )
+    certs.add_argument("--days", type=int, default=365, help="validity in days (default: 365)")
+
     rep = sub.add_parser(
         "report",
         help="rebuild report.html of a run directory",
@@ -121,8 +183,6 @@ def _version() -> str:
 
 
 def _cmd_run(args) -> int:
-    from rich.console import Console
-
     from fedfm.experiment import run
 
     if args.resume and args.config:
@@ -136,14 +196,7 @@ def _cmd_run(args) -> int:
         overrides=args.overrides,
         progress=not args.quiet,
     )
-    s = result.summary
-    console = Console()
-    console.print(
-        f"final test accuracy [bold]{s['final_accuracy']:.4f}[/bold] on {s['test_rows']} rows · "
-        f"{s['total_seconds']:.1f} s · peak RSS {s['peak_rss_mb']:.0f} MB · "
-        f"{(s['bytes_up_total'] + s['bytes_down_total']) / 1e6:.2f} MB sent"
-    )
-    console.print(f"run directory: {result.run_dir}  (report: {result.run_dir / 'report.html'})")
+    _print_result(result)
     return 0
 
 
@@ -234,7 +287,93 @@ def _cmd_bench(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "config": _cmd_config, "report": _cmd_report, "bench": _cmd_bench}
+def _print_result(result) -> None:
+    from rich.console import Console
+
+    s = result.summary
+    console = Console()
+    console.print(
+        f"final test accuracy [bold]{s['final_accuracy']:.4f}[/bold] on {s['test_rows']} rows · "
+        f"{s['total_seconds']:.1f} s · peak RSS {s['peak_rss_mb']:.0f} MB · "
+        f"{(s['bytes_up_total'] + s['bytes_down_total']) / 1e6:.2f} MB sent"
+    )
+    console.print(f"run directory: {result.run_dir}  (report: {result.run_dir / 'report.html'})")
+
+
+def _cmd_serve(args) -> int:
+    from fedfm.server.serve import serve
+
+    if args.resume and args.config:
+        raise FedFMError("give either a config or --resume RUN_DIR, not both")
+    result = serve(
+        args.config,
+        address=args.address,
+        out=args.out,
+        resume=args.resume,
+        overrides=args.overrides,
+        progress=not args.quiet,
+    )
+    _print_result(result)
+    return 0
+
+
+def _cmd_join(args) -> int:
+    from fedfm.runtimes.grpc.client import NetworkClient
+
+    client_id = args.client_id
+    if not client_id and args.cert:
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
+        cert = x509.load_pem_x509_certificate(Path(args.cert).read_bytes())
+        client_id = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    if not client_id:
+        raise FedFMError("--client-id is required (or --cert, whose common name is the id)")
+    if not args.token and not args.cert:
+        raise FedFMError("--token is required unless the server uses mutual TLS (--cert, --key)")
+    if not args.insecure and not args.ca:
+        raise FedFMError(
+            "--ca CA.pem is required to check the server's certificate (or --insecure for a "
+            "server with server.tls = false)"
+        )
+    logging.getLogger("fedfm").setLevel(logging.INFO)
+    client = NetworkClient(
+        args.address,
+        client_id,
+        args.token,
+        ca=args.ca,
+        cert=args.cert,
+        key=args.key,
+        insecure=args.insecure,
+        retry_seconds=args.retry_seconds,
+    )
+    result = client.run(args.data)
+    print(
+        f"done: trained in {len(result.rounds)} rounds, {result.uploads_accepted} updates "
+        f"accepted, {result.uploads_refused} refused"
+    )
+    return 0
+
+
+def _cmd_certs(args) -> int:
+    from fedfm.runtimes.grpc.certs import make_certs
+
+    hosts = tuple(args.host) or ("localhost", "127.0.0.1")
+    written = make_certs(args.dir, hosts, tuple(args.client), args.days)
+    for name, path in written.items():
+        print(f"{name:>16}  {path}")
+    return 0
+
+
+COMMANDS = {
+    "run": _cmd_run,
+    "config": _cmd_config,
+    "report": _cmd_report,
+    "bench": _cmd_bench,
+    "serve": _cmd_serve,
+    "join": _cmd_join,
+    "certs": _cmd_certs,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -196,16 +196,22 @@ class FederationConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """Where clients run: ``sim`` (in-process, one shared frozen base)."""
+    """Where clients run: ``sim`` (in-process, one shared frozen base), ``ray`` (Ray actors, each
+    with one frozen base; local or a cluster) or ``grpc`` (network clients of ``fedfm serve``)."""
 
     type: str = "sim"
     threads: int = 0  # torch threads; 0 = all cores
+    workers: int = 2  # ray: actors, each holding the frozen base once
+    cpus_per_worker: float = 1.0  # ray: CPUs reserved per actor (also its torch threads)
+    address: str = ""  # ray: cluster address (``ray start --head``); "" = a local instance
 
     def __post_init__(self) -> None:
         from fedfm.runtimes import RUNTIMES
 
         check_choice("runtime.type", self.type, RUNTIMES.names())
         check(self.threads >= 0, "runtime.threads", self.threads, "≥ 0 (0 = all cores)")
+        check(self.workers >= 1, "runtime.workers", self.workers, "≥ 1")
+        check(self.cpus_per_worker > 0, "runtime.cpus_per_worker", self.cpus_per_worker, "> 0")
 
 
 @dataclass(frozen=True)
@@ -224,7 +230,9 @@ class CodecConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    """Client-level differential privacy (DP-FedAvg) and its accounting."""
+    """Differential privacy and its accounting: client-level DP-FedAvg (``central``,
+    ``distributed``) or example-level DP-SGD on each client (``local``, see
+    :mod:`fedfm.privacy.local`; ``clip_norm`` is then the per-example gradient bound)."""
 
     dp: str = "none"  # none | central | distributed | local (example-level DP-SGD on each client)
     accountant: str = "rdp"  # rdp | prv (opacus)
@@ -266,6 +274,13 @@ class PrivacyConfig:
                 self.noise_multiplier,
                 "> 0, or set privacy.target_epsilon, when privacy.dp is not 'none'",
             )
+        check(
+            self.dp != "local" or self.clip == "fixed",
+            "privacy.clip",
+            self.clip,
+            "'fixed' with privacy.dp = 'local' (each example's gradient is clipped to clip_norm; "
+            "adaptive clipping needs privacy.dp = 'central')",
+        )
 
 
 @dataclass(frozen=True)
@@ -314,6 +329,54 @@ class AttackConfig:
         )
 
 
+@dataclass(frozen=True)
+class ServerConfig:
+    """``fedfm serve``: the network server (gRPC). Ignored by in-process runtimes."""
+
+    address: str = "127.0.0.1:8443"  # HOST:PORT to listen on (``--address`` overrides)
+    tokens_file: str = ""  # one ``client_id token`` per line; the registry of allowed clients
+    tls: bool = True  # TLS on by default; false only for loopback experiments
+    certificate: str = ""  # server certificate (PEM); "" = <certs_dir>/server.pem
+    private_key: str = ""  # its key (PEM); "" = <certs_dir>/server.key
+    root_certificate: str = ""  # CA (PEM) that signed client certificates (mutual TLS)
+    certs_dir: str = "certs"  # where ``fedfm certs`` wrote them
+    mutual_tls: bool = False  # require client certificates whose common name is the client id
+    min_clients: int = 0  # clients that must have joined before round 1; 0 = clients_per_round
+    join_timeout: float = 600.0  # seconds to wait for min_clients
+    round_timeout: float = 600.0  # seconds a round waits for updates; stragglers are dropped
+    client_timeout: float = 30.0  # a client silent this long (no heartbeat) is lost for the round
+    chunk_size: int = 1 << 20  # bytes per streamed chunk
+    max_payload_mb: float = 4096.0  # largest accepted update
+    max_requests_per_second: float = 50.0  # per client; excess calls are refused
+    linger: float = 10.0  # seconds the server stays up after the last round to tell clients
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.address.rpartition(":")
+        check(
+            bool(sep) and bool(host) and port.isdigit() and 0 <= int(port) < 65536,
+            "server.address",
+            self.address,
+            "HOST:PORT, e.g. 127.0.0.1:8443 or 0.0.0.0:8443",
+        )
+        check(self.min_clients >= 0, "server.min_clients", self.min_clients, "≥ 0")
+        for key in ("join_timeout", "round_timeout", "client_timeout"):
+            check(getattr(self, key) > 0, f"server.{key}", getattr(self, key), "> 0 seconds")
+        check(
+            1024 <= self.chunk_size <= 64 << 20,
+            "server.chunk_size",
+            self.chunk_size,
+            "1024 … 67108864 bytes",
+        )
+        check(self.max_payload_mb > 0, "server.max_payload_mb", self.max_payload_mb, "> 0")
+        check(
+            self.max_requests_per_second > 0,
+            "server.max_requests_per_second",
+            self.max_requests_per_second,
+            "> 0",
+        )
+        check(self.linger >= 0, "server.linger", self.linger, "≥ 0 seconds")
+
+
 def _method_spec_default() -> Any:
     from fedfm.methods import METHODS
 
@@ -344,6 +407,7 @@ class ExperimentConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
 
     def __post_init__(self) -> None:
         check(
@@ -380,6 +444,7 @@ _SECTIONS: dict[str, type] = {
     "privacy": PrivacyConfig,
     "secagg": SecAggConfig,
     "attack": AttackConfig,
+    "server": ServerConfig,
 }
 
 
@@ -514,6 +579,15 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str]) -> di
             node = child
         node[path[-1]] = value
     return out
+
+
+def parse_config_text(text: str, source: str = "config") -> ExperimentConfig:
+    """Build a config from TOML text (e.g. the experiment a server sends to a joining client)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source} is not valid TOML: {e}") from None
+    return config_from_dict(data)
 
 
 def load_config(

@@ -8,7 +8,8 @@
     ├── ModelError             a model cannot be found or loaded
     ├── ProtocolError          a payload or message is malformed, tampered or out of place
     ├── TrainingError          training diverged (NaN/inf loss) or cannot go on
-    └── ResumeError            a run directory cannot be resumed
+    ├── ResumeError            a run directory cannot be resumed
+    └── NetworkError           a peer cannot be reached, refuses us, or misses a deadline
 
 The CLI turns each of them into one line on stderr and exit code 2; a traceback is shown only
 with ``--debug``. Messages name the field, the value and what is allowed.
@@ -43,3 +44,7 @@ class TrainingError(FedFMError):
 
 class ResumeError(FedFMError):
     """A run directory cannot be resumed."""
+
+
+class NetworkError(FedFMError):
+    """A peer cannot be reached, refuses us (authentication), or misses a deadline."""

@@ -37,6 +37,7 @@ from fedfm.methods import METHODS
 from fedfm.metrics.memory import peak_rss_mb
 from fedfm.metrics.sinks import ConsoleSink, JsonlSink, Sink
 from fedfm.runtimes import RUNTIMES
+from fedfm.server.asynchronous import AsyncFederation
 from fedfm.server.checkpoint import latest_checkpoint
 from fedfm.server.federation import Federation
 from fedfm.state import State, clone_state
@@ -204,26 +205,55 @@ def _evaluator(p: Prepared, rows: np.ndarray | None):
     return evaluate
 
 
-def _federation(
-    p: Prepared, client_ids: Sequence[str], clients_per_round: int, local_steps: int, sinks, run_dir
-):
-    c = p.config
-    fed_cfg = replace(c.federation, local_steps=local_steps)
-    strategy = STRATEGIES.get(STRATEGIES.name_of(type(c.strategy)))(c.strategy, fed_cfg)
-    if c.privacy.dp != "none" or c.secagg.enabled:
-        from fedfm.privacy.federated import ProtectedAggregation
+def client_app(p: Prepared, client_ids: Sequence[str], federation=None) -> tuple[ClientApp, Any]:
+    """The clients' side of an experiment: their rows, the trainer (with local DP), the codec
+    pipelines and the client hooks (rank truncation, update attacks, distributed DP noise).
 
-        strategy = ProtectedAggregation(strategy, c, len(client_ids))
+    Returns the app and the local-DP object (None without ``dp = 'local'``). Runtimes that run
+    clients elsewhere (Ray actors) call this on their own :func:`prepare` of the same config.
+    """
+    c = p.config
+    fed_cfg = federation or c.federation
     data = {
         cid: ClientData(
             p.train_tokens, p.train.labels, p.partition.indices[p.partition.client_ids.index(cid)]
         )
         for cid in client_ids
     }
+    data.update({cid: d for cid, d in p.poisoned.items() if cid in data})
+    local_dp = None
+    if c.privacy.dp == "local":
+        from fedfm.privacy.local import LocalDP
+
+        local_dp = LocalDP.for_clients(c.privacy, fed_cfg, data)
     down, up = Pipeline(c.codec.down, "codec.down"), Pipeline(c.codec.up, "codec.up")
     f = c.federation
-    trainer = Trainer(p.task, f.optimizer, f.weight_decay, c.seed, f.length_grouping)
-    data.update({cid: d for cid, d in p.poisoned.items() if cid in data})
+    trainer = Trainer(p.task, f.optimizer, f.weight_decay, c.seed, f.length_grouping, local_dp)
+    app = ClientApp(trainer, data, down, up, p.task.get_state())
+    if getattr(c.method, "client_ranks", ()):  # LoRA: weaker clients train a lower rank
+        from fedfm.methods.lora import client_rank_truncation
+
+        app.prepare.append(client_rank_truncation(c.method, p.partition.client_ids))
+    if p.attack is not None and p.attack.level == "update" and p.malicious:
+        app.transforms.append(_update_attack(p, list(client_ids)))
+    if c.privacy.dp == "distributed":  # after the attack: a malicious client still clips
+        from fedfm.privacy.federated import client_transform
+
+        app.transforms.append(client_transform(c, list(client_ids), p.task.num_params()[0]))
+    return app, local_dp
+
+
+def _federation(
+    p: Prepared, client_ids: Sequence[str], clients_per_round: int, local_steps: int, sinks, run_dir
+):
+    c = p.config
+    fed_cfg = replace(c.federation, local_steps=local_steps)
+    strategy = STRATEGIES.get(STRATEGIES.name_of(type(c.strategy)))(c.strategy, fed_cfg)
+    app, local_dp = client_app(p, client_ids, fed_cfg)
+    if c.privacy.dp != "none" or c.secagg.enabled:
+        from fedfm.privacy.federated import ProtectedAggregation
+
+        strategy = ProtectedAggregation(strategy, c, len(client_ids), local_dp)
     if hasattr(strategy, "root_update"):  # FLTrust: the server trains on a small clean root set
         root_rng = np.random.default_rng([c.seed, 0x2007])
         root_rows = np.sort(
@@ -232,22 +262,17 @@ def _federation(
             )
         )
         root = ClientData(p.train_tokens, p.train.labels, root_rows)
-    app = ClientApp(trainer, data, down, up, p.task.get_state())
-    if hasattr(strategy, "root_update"):
 
         def root_update(rnd: int, global_state: State) -> State:
             instructions = strategy.configure_fit(rnd, "server")
-            return trainer.fit("server", len(client_ids), global_state, root, instructions).state
+            return app.trainer.fit(
+                "server", len(client_ids), global_state, root, instructions
+            ).state
 
         strategy.root_update = root_update
-    if p.attack is not None and p.attack.level == "update" and p.malicious:
-        app.transforms.append(_update_attack(p, list(client_ids)))
-    if c.privacy.dp == "distributed":  # after the attack: a malicious client still clips
-        from fedfm.privacy.federated import client_transform
-
-        app.transforms.append(client_transform(c, list(client_ids), p.task.num_params()[0]))
-    runtime = RUNTIMES.get(c.runtime.type)(app)
-    return Federation(
+    runtime = RUNTIMES.get(c.runtime.type)(app, config=c)
+    federation = AsyncFederation if getattr(strategy, "asynchronous", False) else Federation
+    return federation(
         strategy=strategy,
         runtime=runtime,
         client_ids=client_ids,
@@ -255,8 +280,8 @@ def _federation(
         rounds=c.federation.rounds,
         evaluate=_evaluator(p, p.eval_rows),
         eval_every=c.federation.eval_every,
-        down=down,
-        up=up,
+        down=app.down,
+        up=app.up,
         seed=c.seed,
         sinks=sinks,
         run_dir=run_dir,
@@ -295,6 +320,25 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def resolve_config(
+    config: ExperimentConfig | str | Path | None,
+    resume: str | Path | None,
+    overrides: Sequence[str] = (),
+):
+    """The config to run and, when resuming, the run directory's own config and last checkpoint
+    (None if it has none yet)."""
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.toml").is_file():
+            raise ResumeError(f"{str(run_dir)!r} is not a run directory: it has no config.toml")
+        return load_config(run_dir / "config.toml", overrides), latest_checkpoint(run_dir)
+    if not isinstance(config, ExperimentConfig):
+        return load_config(config, overrides), None
+    if overrides:
+        raise ValueError("overrides apply to a config file, not to an ExperimentConfig object")
+    return config, None
+
+
 def run(
     config: ExperimentConfig | str | Path | None = None,
     *,
@@ -309,23 +353,14 @@ def run(
     ``config`` is an :class:`ExperimentConfig`, a TOML path, or None for the built-in default.
     ``resume`` continues an interrupted run directory from its last checkpoint.
     """
-    start_round, ckpt = 1, None
+    config, ckpt = resolve_config(config, resume, overrides)
+    start_round = ckpt.round + 1 if ckpt is not None else 1
     if resume is not None:
         run_dir = Path(resume)
-        if not (run_dir / "config.toml").is_file():
-            raise ResumeError(f"{str(run_dir)!r} is not a run directory: it has no config.toml")
-        config = load_config(run_dir / "config.toml", overrides)
-        ckpt = latest_checkpoint(run_dir)
         if config.federation.mode == "standalone":
             raise ResumeError(
                 "federation.mode = 'standalone' runs cannot be resumed; start them again"
             )
-        if ckpt is not None:
-            start_round = ckpt.round + 1
-    elif not isinstance(config, ExperimentConfig):
-        config = load_config(config, overrides)
-    elif overrides:
-        raise ValueError("overrides apply to a config file, not to an ExperimentConfig object")
 
     torch.set_num_threads(config.runtime.threads or os.cpu_count() or 1)
     # Data and model errors surface before anything is written.
@@ -403,6 +438,15 @@ def _run_federated(p: Prepared, run_dir: Path, sinks, ckpt, start_round: int, ro
             sinks,
             run_dir,
         )
+    return drive(p, fed, run_dir, sinks, ckpt, start_round, rows)
+
+
+def drive(
+    p: Prepared, fed: Federation, run_dir: Path, sinks, ckpt, start_round: int, rows
+) -> RunResult:
+    """Run a built Federation (restored from ``ckpt`` if given), score, export, summarise."""
+    c = p.config
+    centralized = c.federation.mode == "centralized"
     fed.sinks.insert(0, JsonlSink(run_dir / "metrics.jsonl"))
     fed.start_info["model_loaded_at"] = p.model_loaded_at
     state = p.task.get_state()
@@ -414,7 +458,10 @@ def _run_federated(p: Prepared, run_dir: Path, sinks, ckpt, start_round: int, ro
         fed.load_memory_state(ckpt.memory, state)
         fed.totals.update(ckpt.progress)
     fed.rows = list(rows)
-    state = fed.run(state, start_round)
+    try:
+        state = fed.run(state, start_round)
+    finally:
+        fed.runtime.close()
     if centralized:  # nothing is exchanged when the data are pooled
         for row in fed.rows:
             row["bytes_up"] = row["bytes_down"] = 0

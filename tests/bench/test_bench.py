@@ -81,3 +81,19 @@ def test_scenario_peers_are_the_default(monkeypatch, tmp_path):
     assert main(["bench", "agnews-attacks", "--out", str(tmp_path)]) == 2
     assert seen["peers"] is None
     assert bench_module.SCENARIOS["agnews-attacks"].peers == ()
+
+
+def test_every_scenario_variant_is_a_valid_config():
+    """A variant that switches the method or strategy drops the base's keys of that section."""
+    from fedfm.bench.bench import merge_overrides
+    from fedfm.bench.scenarios import SCENARIOS
+    from fedfm.config import load_config
+
+    for scenario in SCENARIOS.values():
+        for overrides in [(), *scenario.variants.values()]:
+            config = load_config(None, merge_overrides(list(scenario.overrides), overrides))
+            assert config.federation.clients_per_round == 5
+    prompt = load_config(
+        None, merge_overrides(["method.type=lora", "method.r=4"], ["method.type=prompt"])
+    )
+    assert not hasattr(prompt.method, "r")

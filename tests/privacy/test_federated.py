@@ -119,7 +119,10 @@ def test_distributed_dp_under_secure_aggregation_with_a_dropout(tiny_config, tmp
             "use privacy.dp = 'distributed'",
         ),
         (["secagg.enabled=true", "strategy.name=median"], "needs each client's update"),
-        (["privacy.dp=local", "privacy.noise_multiplier=1"], "is not available in this build yet"),
+        (
+            ["privacy.dp=local", "privacy.noise_multiplier=1", "method.type=prompt"],
+            "does not support method.type",
+        ),
         (["privacy.dp=central"], "privacy.noise_multiplier = 0.0 is not allowed"),
     ],
 )

@@ -36,6 +36,18 @@ def resolve_scenario(target: str | None) -> tuple[Scenario, Path | None]:
     )
 
 
+def merge_overrides(base: list[str], variant: tuple[str, ...] | list[str]) -> list[str]:
+    """``base`` then ``variant``; a variant that switches ``method.type`` or ``strategy.name``
+    drops the base's other keys of that section (a prompt has no LoRA rank)."""
+    dropped = {
+        key.split(".", 1)[0]
+        for key in (o.split("=", 1)[0].strip() for o in variant)
+        if key in ("method.type", "strategy.name")
+    }
+    kept = [o for o in base if o.split(".", 1)[0] not in dropped]
+    return [*kept, *variant]
+
+
 def _summarise(m: Measured) -> dict[str, Any]:
     t = m.timeline
     rounds = t["rounds"]
@@ -131,7 +143,7 @@ def run_bench(
     plan: list[tuple[str, str, Any]] = [("fedfm", "fedfm", config)]
     for label, overrides in scenario.variants.items():
         if not quick or label in (scenario.quick_variants or ()):
-            plan.append((label, "fedfm", load_config(path, [*extra, *overrides])))
+            plan.append((label, "fedfm", load_config(path, merge_overrides(extra, overrides))))
     plan += [(peer, peer, config) for peer in peers]
 
     say = progress or (lambda text: None)

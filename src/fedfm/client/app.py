@@ -99,8 +99,14 @@ class ClientApp:
         self.view_memory: dict[str, torch.Tensor] = {}
         self.memory: dict[str, dict[str, torch.Tensor]] = {}  # per-client uplink codec memory
         self._decoded: tuple[int, bytes, State] | None = None
+        # Applied in order to the received global state before training: (client_id,
+        # client_index, round, state) -> the state this client starts from (e.g. the global
+        # LoRA factors cut to a weaker client's rank). Return new tensors, never change the
+        # received ones: they are the codecs' reference and the other clients' start.
+        self.prepare: list = []
         # Applied in order to a trained state before encoding: (client_id, round, trained,
-        # received) -> state. Attacks and client-side privacy plug in here.
+        # received) -> state, where received is the global state as decoded (before prepare).
+        # Attacks and client-side privacy plug in here.
         self.transforms: list = []
 
     def _receive(self, round: int, payload: bytes) -> State:
@@ -116,9 +122,11 @@ class ClientApp:
     def handle(self, task: ClientTask) -> bytes:
         instr = task.instructions
         state = self._receive(instr.round, task.payload)
-        update = self.trainer.fit(
-            task.client_id, self.index[task.client_id], state, self.data[task.client_id], instr
-        )
+        index = self.index[task.client_id]
+        start = state
+        for prepare in self.prepare:
+            start = prepare(task.client_id, index, instr.round, start)
+        update = self.trainer.fit(task.client_id, index, start, self.data[task.client_id], instr)
         for transform in self.transforms:
             update.state = transform(task.client_id, instr.round, update.state, state)
         memory = self.memory.setdefault(task.client_id, {})
@@ -129,6 +137,14 @@ class ClientApp:
             "metrics": update.metrics,
         }
         return self.up.encode(update.state, ctx, header)
+
+    def load_view(self, groups: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Reset the downlink reference and decoder memory to what up-to-date clients hold (the
+        server's ``sync`` blob, for a process that missed rounds); uplink memory is kept."""
+        view = groups.get("client.view")
+        self.view = None if view is None else OrderedDict((n, view[n]) for n in self.template)
+        self.view_memory = dict(groups.get("client.view_memory", {}))
+        self._decoded = None
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         groups: dict[str, dict[str, torch.Tensor]] = {"client.view_memory": self.view_memory}

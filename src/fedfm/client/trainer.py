@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from fedfm.errors import TrainingError
 from fedfm.state import FitInstructions, State, Update
+
+if TYPE_CHECKING:
+    from fedfm.privacy.local import LocalDP
 
 
 def derive_seed(*parts: int) -> int:
@@ -26,6 +31,8 @@ class Trainer:
 
     A client's private state is only the shared tensors it receives; the frozen base is never
     copied, and the optimizer is created fresh for every fit (so it holds only shared tensors).
+    With ``local_dp`` (``privacy.dp = "local"``) every fit is DP-SGD: see
+    :meth:`fedfm.privacy.local.LocalDP.training`.
     """
 
     def __init__(
@@ -35,8 +42,10 @@ class Trainer:
         weight_decay: float = 0.0,
         seed: int = 0,
         length_grouping: int = 1,
+        local_dp: LocalDP | None = None,
     ) -> None:
         self.task = task
+        self.local_dp = local_dp
         self.length_grouping = length_grouping
         self.optimizer = optimizer
         self.weight_decay = weight_decay
@@ -67,21 +76,32 @@ class Trainer:
         if instructions.local_epochs > 0:
             steps = data.steps_for_epochs(instructions.local_epochs, instructions.batch_size)
         batches = data.batches(instructions.batch_size, steps, rng, self.length_grouping)
-        for step, rows in enumerate(batches):
-            loss = task.loss(data.tokens, data.labels, rows)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingError(
-                    f"client {client_id} round {instructions.round} step {step + 1}: the loss is {value}; "
-                    "lower federation.lr or use precision = 'fp32'"
-                )
-            if anchor is not None:
-                prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
-                loss = loss + 0.5 * instructions.proximal_mu * prox
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(value)
+        private = contextlib.nullcontext(opt)
+        if self.local_dp is not None:
+            private = self.local_dp.training(
+                task.model,
+                opt,
+                batch_size=min(instructions.batch_size, len(data)),  # what data.batches yields
+                seed=seed,
+                proximal=None if anchor is None else (anchor, instructions.proximal_mu),
+            )
+            anchor = None  # added after the noise by the DP optimizer, not through the loss
+        with private as opt:
+            for step, rows in enumerate(batches):
+                loss = task.loss(data.tokens, data.labels, rows)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise TrainingError(
+                        f"client {client_id} round {instructions.round} step {step + 1}: the loss is {value}; "
+                        "lower federation.lr or use precision = 'fp32'"
+                    )
+                if anchor is not None:
+                    prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
+                    loss = loss + 0.5 * instructions.proximal_mu * prox
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(value)
         return Update(
             client_id=client_id,
             round=instructions.round,

@@ -12,6 +12,7 @@ e.g. ``up = ["delta", "topk:0.05", "int8"]``; an item is ``name`` or ``name:argu
 | `int4`     | `block=N`, `stochastic` (comma-separated)    | no       | 4 bits per value, two per byte + float32 scales as for int8            |
 | `topk`     | `F` in (0, 1], then `feedback`/`no_feedback` | no       | the k = round(F·n) largest-magnitude values + their int32 indices      |
 | `randk`    | `F` in (0, 1], then `feedback`/`no_feedback` | no       | k = round(F·n) values at seeded random positions, unscaled; no indices |
+| `lora_trim`| —                                            | yes      | each LoRA pair at its kept rank k: A[:k], B[:, :k]; k in the header    |
 
 ¹ exact up to one floating-point rounding.
 
@@ -21,13 +22,16 @@ e.g. ``up = ["delta", "topk:0.05", "int8"]``; an item is ``name`` or ``name:argu
   did not send in the sender's codec memory and add it to the next message (error feedback,
   ``codecs/sparsify.py``): on by default, off by default in ``codec.down``, where ``delta``
   already re-sends what clients lack.
+- ``lora_trim`` drops the all-zero trailing rows of A and columns of B that a lower-rank client
+  (``method.client_ranks``) leaves. Put it first: it trims full states, and after ``delta`` or
+  ``residual`` there is nothing to trim (``codecs/lora_trim.py``).
 - ``delta`` and ``residual`` code against the receiver's state, so they come first; each codec
   appears once in a pipeline. Non-floating tensors pass through every codec unchanged.
 - Codecs add side tensors named ``<tensor>#scale``, ``<tensor>#idx``, ``#residual.step``; they
   are in the payload, so the bytes reported count them.
 """
 
-from fedfm.codecs import basic, quantize, residual, sparsify  # noqa: F401  (registration)
+from fedfm.codecs import basic, lora_trim, quantize, residual, sparsify  # noqa: F401  (registration)
 from fedfm.codecs.base import CODECS, Codec, CodecContext, Pipeline, parse_codec, peer_seed
 
 __all__ = ["CODECS", "Codec", "CodecContext", "Pipeline", "parse_codec", "peer_seed"]

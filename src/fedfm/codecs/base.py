@@ -67,6 +67,9 @@ class CodecContext:
     # the model's shared tensors for the first codec, meta tensors for later ones. Pipeline sets
     # it for each codec on both ends; after Pipeline.decode it holds the model's template.
     template: State | None = None
+    # This codec's entry of the payload header (JSON values): encode may record in it what the
+    # receiver needs to derive the layout (e.g. a kept rank per tensor); decode reads it back.
+    header: dict[str, Any] = field(default_factory=dict)
 
 
 class Codec:
@@ -100,6 +103,14 @@ class Codec:
     def layout(self, inputs: State) -> State:
         """What encode returns for inputs of this layout (names, shapes, dtypes; meta tensors)."""
         return inputs
+
+    def recorded_layout(self, inputs: State, header: dict[str, Any]) -> State:
+        """The layout of encode's output given what encode recorded in ``ctx.header``.
+
+        A codec whose shapes depend on the values (e.g. a kept rank) overrides this and raises
+        ProtocolError for an entry no sender writes. Default: :meth:`layout`.
+        """
+        return self.layout(inputs)
 
     def encode(
         self, tensors: dict[str, torch.Tensor], ctx: CodecContext
@@ -175,22 +186,34 @@ class Pipeline:
                     f"the one the receiver holds, so it cannot follow {self.specs[i - 1]!r}"
                 )
 
-    def layouts(self, template: State) -> list[State]:
-        """The layout entering each codec, then the wire's: ``len(codecs) + 1`` entries."""
+    @property
+    def stateful(self) -> bool:
+        """Whether decoding needs what the receiver decoded before (a reference or memory)."""
+        return any(c.first_only or c.commits for c in self.codecs)
+
+    def layouts(self, template: State, headers: list[dict[str, Any]] | None = None) -> list[State]:
+        """The layout entering each codec, then the wire's: ``len(codecs) + 1`` entries.
+
+        ``headers`` are one payload's codec header entries (default: none recorded).
+        """
+        headers = headers or [{} for _ in self.codecs]
         stages = [State((n, meta(t.shape, t.dtype)) for n, t in template.items())]
-        for codec in self.codecs:
-            stages.append(codec.layout(stages[-1]))
+        for codec, entry in zip(self.codecs, headers, strict=True):
+            stages.append(codec.recorded_layout(stages[-1], entry))
         return stages
 
     def encode(self, state: State, ctx: CodecContext, header: dict[str, Any]) -> bytes:
-        layouts = self.layouts(state)
+        headers: list[dict[str, Any]] = [{} for _ in self.codecs]
+        layouts = [State((n, meta(t.shape, t.dtype)) for n, t in state.items())]
         tensors: dict[str, torch.Tensor] = dict(state)
         inputs = []  # what each codec's encode received, for commit
-        for codec, layout in zip(self.codecs, layouts, strict=False):
+        for codec, entry in zip(self.codecs, headers, strict=True):
             inputs.append(tensors)
-            tensors = codec.encode(tensors, replace(ctx, template=layout))
-        payload = pack(tensors, {**header, "codecs": self.specs, "round": ctx.round})
-        self._commit(tensors, inputs, layouts, ctx)
+            tensors = codec.encode(tensors, replace(ctx, template=layouts[-1], header=entry))
+            layouts.append(codec.recorded_layout(layouts[-1], entry))
+        recorded = {"codec_headers": headers} if any(headers) else {}
+        payload = pack(tensors, {**header, "codecs": self.specs, "round": ctx.round, **recorded})
+        self._commit(tensors, inputs, layouts, headers, ctx)
         return payload
 
     def _commit(
@@ -198,6 +221,7 @@ class Pipeline:
         wire: dict[str, torch.Tensor],
         inputs: list[dict[str, torch.Tensor]],
         layouts: list[State],
+        headers: list[dict[str, Any]],
         ctx: CodecContext,
     ) -> None:
         """Decode ``wire`` as the receiver will, and commit at each codec that asks for it."""
@@ -210,9 +234,10 @@ class Pipeline:
         received = wire
         for i in range(len(self.codecs) - 1, committing[0] - 1, -1):
             codec = self.codecs[i]
-            received = codec.decode(received, replace(ctx, template=layouts[i], memory=scratch))
+            at = replace(ctx, template=layouts[i], header=headers[i])
+            received = codec.decode(received, replace(at, memory=scratch))
             if codec.commits:
-                codec.commit(inputs[i], received, replace(ctx, template=layouts[i]))
+                codec.commit(inputs[i], received, at)
 
     def decode(
         self, payload: bytes, ctx: CodecContext, template: State
@@ -228,8 +253,18 @@ class Pipeline:
             raise ProtocolError(
                 f"payload is for round {header.get('round')!r}, expected round {ctx.round}"
             )
-        layouts = self.layouts(template)
+        headers = header.get("codec_headers", [{} for _ in self.codecs])
+        if (
+            not isinstance(headers, list)
+            or len(headers) != len(self.codecs)
+            or not all(isinstance(h, dict) for h in headers)
+        ):
+            raise ProtocolError(
+                f"payload codec_headers {str(headers)[:80]} are not one mapping per codec"
+            )
+        layouts = self.layouts(template, headers)
         check_layout(tensors, layouts[-1])
         for i in reversed(range(len(self.codecs))):
-            tensors = self.codecs[i].decode(tensors, replace(ctx, template=layouts[i]))
+            at = replace(ctx, template=layouts[i], header=headers[i])
+            tensors = self.codecs[i].decode(tensors, at)
         return validate_state(tensors, template), header

@@ -94,3 +94,28 @@ def validate_state(
         if norm > max_norm:
             raise ProtocolError(f"update norm {norm:.4g} exceeds the limit {max_norm:.4g}")
     return out
+
+
+def pack_groups(groups: dict[str, dict[str, torch.Tensor]]) -> bytes:
+    """Named groups of tensors as one wire payload (keys ``group::name``)."""
+    flat = {
+        f"{group}::{name}": t.detach()
+        for group, tensors in groups.items()
+        for name, t in tensors.items()
+    }
+    return pack(flat, {"kind": "sync", "groups": sorted(groups)})
+
+
+def unpack_groups(blob: bytes) -> dict[str, dict[str, torch.Tensor]]:
+    """Inverse of :func:`pack_groups`; a malformed blob is a :class:`ProtocolError`."""
+    flat, header = unpack(blob)
+    names = header.get("groups")
+    if header.get("kind") != "sync" or not isinstance(names, list):
+        raise ProtocolError("malformed sync payload: its header is not a sync header")
+    groups: dict[str, dict[str, torch.Tensor]] = {str(n): {} for n in names}
+    for key, t in flat.items():
+        group, sep, name = key.partition("::")
+        if not sep or group not in groups:
+            raise ProtocolError(f"malformed sync payload: key {key!r} names no listed group")
+        groups[group][name] = t
+    return groups

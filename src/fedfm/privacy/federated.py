@@ -1,10 +1,12 @@
-"""Privacy in the round loop: DP-FedAvg (central or distributed) and secure aggregation.
+"""Privacy in the round loop: DP-FedAvg (central or distributed), local DP-SGD, secure aggregation.
 
 :class:`ProtectedAggregation` wraps the configured strategy. It turns the round's updates into
 one mean delta — clipped and noised (central DP), summed under secure aggregation (only the sum
 is revealed), or both in the distributed setting — and hands the inner strategy a single
 synthetic update ``global + mean delta``, so FedAvg returns it as is and the FedOpt family
-treats it as their pseudo-gradient (post-processing does not spend privacy).
+treats it as their pseudo-gradient (post-processing does not spend privacy). With local DP
+(``privacy.dp = "local"``, :mod:`fedfm.privacy.local`) the clients' updates are already private:
+the wrapper only averages them (FedAvg weights) and keeps each client's example-level accountant.
 
 The order on a client in distributed DP is clip → quantise → noise → mask
 (:func:`client_transform`, then :func:`fedfm.privacy.secagg.secure_sum`), see
@@ -21,12 +23,13 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from fedfm.client.trainer import derive_seed
-from fedfm.errors import ConfigError
+from fedfm.errors import ConfigError, ProtocolError
 from fedfm.privacy.accounting import PrivacyAccountant, client_sample_rate, resolve_noise_multiplier
 from fedfm.privacy.dp import (
     AdaptiveClipper,
@@ -39,6 +42,9 @@ from fedfm.privacy.dp import (
 )
 from fedfm.state import State, Update
 from fedfm.strategies.base import Strategy
+
+if TYPE_CHECKING:  # fedfm.privacy.local imports opacus: only dp = 'local' runs load it
+    from fedfm.privacy.local import LocalAccountant, LocalDP
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +62,9 @@ def check_compatible(config) -> None:
 
     dp, secure = config.privacy.dp, config.secagg.enabled
     if dp == "local":
-        raise ConfigError(
-            "privacy.dp = 'local' (example-level DP-SGD on each client) is not available in this "
-            "build yet; allowed: 'none' | 'central' | 'distributed'"
-        )
+        from fedfm.privacy.local import check_local
+
+        check_local(config)
     if dp == "central" and secure:
         raise ConfigError(
             "privacy.dp = 'central' needs the server to see and clip each update, which secure "
@@ -70,7 +75,8 @@ def check_compatible(config) -> None:
         raise ConfigError(
             f"strategy.name = {STRATEGIES.name_of(type(config.strategy))!r} needs each client's "
             "update, which differential privacy and secure aggregation replace by a noisy or "
-            "masked sum; allowed with them: fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad"
+            "masked sum (local DP: one mean update, with the accountant); allowed with them: "
+            "fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad"
         )
     if secure and config.federation.clients_per_round < 2:
         raise ConfigError("secagg.enabled = true needs federation.clients_per_round ≥ 2")
@@ -92,7 +98,10 @@ def _unflat(vector: np.ndarray, template: State) -> State:
 class ProtectedAggregation(Strategy):
     """The configured strategy behind DP-FedAvg and/or secure aggregation."""
 
-    def __init__(self, inner: Strategy, config, num_clients: int) -> None:
+    def __init__(
+        self, inner: Strategy, config, num_clients: int, local_dp: LocalDP | None = None
+    ) -> None:
+        """``local_dp``: the clients' :class:`~fedfm.privacy.local.LocalDP` when dp = 'local'."""
         super().__init__(inner.spec, inner.federation)
         self.inner = inner
         self.privacy = config.privacy
@@ -100,11 +109,22 @@ class ProtectedAggregation(Strategy):
         self.seed = config.seed
         self.clients_per_round = config.federation.clients_per_round
         self.dp = config.privacy.dp
-        self.sample_rate = client_sample_rate(self.clients_per_round, num_clients)
+        self.sample_rate = 0.0  # client-level DP: the chance that a client takes part
         self.noise_multiplier = 0.0
         self.accountant: PrivacyAccountant | None = None
         self.clipper: AdaptiveClipper | None = None
-        if self.dp != "none":
+        self.local: LocalAccountant | None = None
+        if self.dp == "local":
+            if local_dp is None:
+                raise ValueError("privacy.dp = 'local' needs the clients' LocalDP")
+            from fedfm.privacy.local import LocalAccountant
+
+            self.noise_multiplier = local_dp.noise_multiplier
+            self.local = LocalAccountant(
+                self.privacy.accountant, self.noise_multiplier, inner.federation.batch_size
+            )
+        elif self.dp != "none":
+            self.sample_rate = client_sample_rate(self.clients_per_round, num_clients)
             self.noise_multiplier = resolve_noise_multiplier(
                 self.privacy, self.sample_rate, config.federation.rounds
             )
@@ -183,6 +203,16 @@ class ProtectedAggregation(Strategy):
             self.accountant.step()
             metrics["epsilon"] = self.accountant.epsilon(self.privacy.delta)
             metrics["dp_noise_multiplier"] = self.noise_multiplier
+        if self.local is not None:
+            for u in updates:  # the DP-SGD steps each client reports having taken
+                if "steps" not in u.metrics:
+                    raise ProtocolError(
+                        f"client {u.client_id} sent no 'steps' metric, which local DP "
+                        "accounting needs"
+                    )
+                self.local.record(u.client_id, u.num_examples, int(u.metrics["steps"]))
+            metrics["epsilon"] = self.local.epsilon(self.privacy.delta)
+            metrics["dp_noise_multiplier"] = self.noise_multiplier
         self._metrics = metrics
         synthetic = OrderedDict(
             (n, (global_state[n].float() + mean[n]).to(t.dtype)) for n, t in global_state.items()
@@ -228,6 +258,8 @@ class ProtectedAggregation(Strategy):
         out = {f"inner/{k}": v for k, v in self.inner.state_dict().items()}
         if self.accountant is not None:
             out["dp/steps"] = torch.tensor(self.accountant.state_dict()["steps"], dtype=torch.int64)
+        if self.local is not None:
+            out.update({f"dp/local/{k}": v for k, v in self.local.state_dict().items()})
         if self.clipper is not None:
             out["dp/clip_norm"] = torch.tensor(
                 self.clipper.state_dict()["clip_norm"], dtype=torch.float64
@@ -238,6 +270,11 @@ class ProtectedAggregation(Strategy):
         self.inner.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("inner/")})
         if self.accountant is not None and "dp/steps" in tensors:
             self.accountant.load_state_dict({"steps": int(tensors["dp/steps"])})
+        if self.local is not None:
+            prefix = "dp/local/"
+            self.local.load_state_dict(
+                {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            )
         if self.clipper is not None and "dp/clip_norm" in tensors:
             self.clipper.load_state_dict({"clip_norm": float(tensors["dp/clip_norm"])})
 
@@ -278,15 +315,26 @@ def client_transform(config, client_ids: list[str], num_params: int):
     return transform
 
 
-def noise_summary(strategy: ProtectedAggregation) -> dict[str, float | str]:
+def noise_summary(strategy: ProtectedAggregation) -> dict[str, object]:
     """The privacy figures of summary.json."""
-    out: dict[str, float | str] = {}
+    out: dict[str, object] = {}
+    if strategy.local is not None:
+        from fedfm.privacy.local import ACCOUNTING_NOTE as LOCAL_ACCOUNTING_NOTE
+
+        delta = strategy.privacy.delta
+        out["epsilon"] = strategy.local.epsilon(delta)
+        out["epsilon_per_client"] = strategy.local.epsilons(delta)
+        out["delta"] = delta
+        out["noise_multiplier"] = strategy.noise_multiplier
+        out["clip_norm"] = strategy.privacy.clip_norm
+        out["accountant"] = strategy.privacy.accountant
+        out["accounting_note"] = LOCAL_ACCOUNTING_NOTE
     if strategy.accountant is not None:
         out["epsilon"] = strategy.accountant.epsilon(strategy.privacy.delta)
         out["delta"] = strategy.privacy.delta
         out["noise_multiplier"] = strategy.noise_multiplier
         out["accountant"] = strategy.privacy.accountant
         out["accounting_note"] = ACCOUNTING_NOTE
-        if math.isinf(out["epsilon"]):
-            log.warning("the privacy budget is infinite: the noise multiplier is too small")
+    if math.isinf(out.get("epsilon", 0.0)):
+        log.warning("the privacy budget is infinite: the noise multiplier is too small")
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterator
 
 from fedfm.client.app import ClientTask
@@ -14,6 +15,37 @@ class Runtime:
 
     def dispatch(self, tasks: list[ClientTask]) -> Iterator[tuple[str, bytes | Exception]]:
         raise NotImplementedError
+
+    # Asynchronous rounds (FedBuff). In-process runtimes simulate time: a submitted client
+    # finishes ``eta`` simulated seconds after it starts, and its work runs when it finishes.
+    # Network runtimes override both with real time.
+    def submit(self, task: ClientTask, eta: float = 1.0) -> None:
+        """Start one client's work (asynchronous mode)."""
+        if not hasattr(self, "_clock"):
+            self._clock, self._queue, self._serial = 0.0, [], 0
+        self._serial += 1
+        heapq.heappush(self._queue, (self._clock + eta, self._serial, task))
+
+    def next_result(self) -> tuple[str, bytes | Exception, float]:
+        """The next client to finish: ``(client_id, payload or error, clock seconds)``."""
+        if not getattr(self, "_queue", None):
+            raise RuntimeError("next_result() without submitted work")
+        self._clock, _, task = heapq.heappop(self._queue)
+        (cid, result), *_ = list(self.dispatch([task]))
+        return cid, result, self._clock
+
+    def available(self, client_ids: list[str]) -> list[str]:
+        """The clients that can be selected now (a network runtime: the connected ones)."""
+        return list(client_ids)
+
+    def prepare_round(self, rnd: int, sync: Callable[[], bytes] | None) -> None:
+        """Called before :meth:`dispatch`. ``sync()`` packs what an up-to-date client holds
+        before decoding round ``rnd``'s downlink (its reference state and decoder memory), for
+        clients that missed rounds; None when the downlink needs no reference."""
+
+    def take_extra_bytes(self) -> int:
+        """Downlink bytes sent this round beside the round's payloads (e.g. re-sync blobs)."""
+        return 0
 
     def state_dict(self) -> dict[str, dict]:
         """Client-side codec state this runtime keeps for its clients (groups named ``client.*``)."""

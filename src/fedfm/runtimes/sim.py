@@ -14,7 +14,7 @@ class SimRuntime(Runtime):
     number of clients.
     """
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, config=None) -> None:
         self.app = app
 
     def dispatch(self, tasks):

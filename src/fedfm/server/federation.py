@@ -91,8 +91,11 @@ class Federation:
     def round(self, rnd: int, state: State, template: State) -> State:
         t0 = time.perf_counter()
         rng = np.random.default_rng([self.seed, rnd, 0x5E1EC7])
-        selected = self.strategy.select(rnd, self.client_ids, self.clients_per_round, rng)
+        candidates = self.runtime.available(self.client_ids)
+        k = min(self.clients_per_round, len(candidates))
+        selected = self.strategy.select(rnd, candidates, k, rng)
         seed = peer_seed(self.seed, "server")
+        self.runtime.prepare_round(rnd, self._sync_source() if self.down.stateful else None)
         down_ctx = CodecContext(rnd, self.client_view, self.down_memory, seed)
         down_payload = self.down.encode(state, down_ctx, {"kind": "global"})
         # What every client holds after decoding: the reference for uplink deltas and next round.
@@ -125,6 +128,10 @@ class Federation:
             except ProtocolError as e:
                 self._reject(rnd, cid, e)
 
+        # Aggregate in selection order, whatever order the network delivered them in: float sums
+        # then do not depend on timing, and a network run reproduces the simulated one exactly.
+        order = {cid: i for i, cid in enumerate(selected)}
+        updates.sort(key=lambda u: order[u.client_id])
         strategy_metrics: dict[str, float] = {}
         secagg_down = 0
         if updates:
@@ -137,10 +144,25 @@ class Federation:
         else:
             log.warning("round %d: no valid update arrived; the global state is unchanged", rnd)
 
+        bytes_down = len(down_payload) * len(tasks) + secagg_down + self.runtime.take_extra_bytes()
+        extra = {"dropped": dropped, **strategy_metrics}
+        self._log_round(rnd, state, updates, bytes_up, bytes_down, t0, extra)
+        return state
+
+    def _log_round(
+        self,
+        rnd: int,
+        state: State,
+        updates: list[Update],
+        bytes_up: int,
+        bytes_down: int,
+        t0: float,
+        extra: dict[str, Any],
+    ) -> None:
+        """Evaluate (when due), write the round's row to the sinks, then checkpoint."""
         metrics: dict[str, float] = {}
         if rnd % self.eval_every == 0 or rnd == self.rounds:
             metrics = self.evaluate(state)
-        bytes_down = len(down_payload) * len(tasks) + secagg_down
         self.totals["bytes_up"] += bytes_up
         self.totals["bytes_down"] += bytes_down
         weights = [u.num_examples for u in updates]
@@ -158,9 +180,8 @@ class Federation:
             "bytes_down": bytes_down,
             "clients": [u.client_id for u in updates],
             "rejected": [r["client"] for r in self.rejected if r["round"] == rnd],
-            "dropped": dropped,
             **{k: v for k, v in metrics.items() if k not in ("accuracy", "loss")},
-            **strategy_metrics,
+            **extra,
         }
         row["round_seconds"] = time.perf_counter() - t0
         row["peak_rss_mb"] = peak_rss_mb()
@@ -173,11 +194,30 @@ class Federation:
             memory = {**self.memory_state(), **self.runtime.state_dict()}
             ckpt = Checkpoint(rnd, state, self.strategy.state_dict(), memory, dict(self.totals))
             save_checkpoint(self.run_dir, ckpt)
-        return state
 
-    def _decode(self, rnd: int, cid: str, payload: bytes, template: State) -> Update:
+    def _sync_source(self):
+        """What a client that missed rounds needs before this round's downlink: the view and
+        decoder memory every up-to-date client holds (packed lazily, only if asked)."""
+        view = None if self.client_view is None else dict(self.client_view)
+        memory = dict(self.view_memory)  # codecs replace memory tensors, never write into them
+
+        def pack() -> bytes:
+            from fedfm.codecs.wire import pack_groups
+
+            groups = {"client.view_memory": memory}
+            if view is not None:
+                groups["client.view"] = view
+            return pack_groups(groups)
+
+        return pack
+
+    def _decode(
+        self, rnd: int, cid: str, payload: bytes, template: State, reference: State | None = None
+    ) -> Update:
+        """Decode and validate one uplink payload; ``reference`` defaults to this round's view."""
         memory = self.up_memory.setdefault(cid, {})
-        ctx = CodecContext(rnd, self.client_view, memory, peer_seed(self.seed, cid))
+        view = self.client_view if reference is None else reference
+        ctx = CodecContext(rnd, view, memory, peer_seed(self.seed, cid))
         new_state, header = self.up.decode(payload, ctx, template)
         if header.get("client") != cid:
             raise ProtocolError(

@@ -16,11 +16,18 @@ their updates become the next global state. ``[strategy] name`` picks one.
 | `multikrum`  | mean of the m deltas with the best Krum scores              | Blanchard et al. 2017    |
 | `norm_bound` | FedAvg of the deltas clipped to L2 norm ≤ max_norm          | Sun et al. 2019          |
 | `fltrust`    | deltas weighted by ReLU(cos) with the server's root update  | Cao et al. 2021          |
+| `fedbuff`    | asynchronous: every K arrivals, staleness-weighted mean delta | Nguyen et al. 2022     |
 
 The robust rules (``median`` … ``fltrust``) are described in :mod:`fedfm.strategies.robust`.
 """
 
-from fedfm.strategies import fedavg, fedopt, lora_aggregation, robust  # noqa: F401  (registration)
+from fedfm.strategies import (  # noqa: F401  (registration)
+    fedavg,
+    fedbuff,
+    fedopt,
+    lora_aggregation,
+    robust,
+)
 from fedfm.strategies.base import STRATEGIES, Strategy
 
 __all__ = ["STRATEGIES", "Strategy"]

@@ -1,0 +1,201 @@
+"""``[runtime] type = "ray"``: simulated clients on Ray actors, on this machine or a cluster.
+
+Each actor (``runtime.workers`` of them, ``runtime.cpus_per_worker`` CPUs each) loads the data
+and the frozen base model **once** and then serves any number of clients; a client always goes to
+the same actor (its index modulo the number of actors), so its codec memory (error-feedback
+residuals) stays with it. Actors receive and return the same bytes as every other runtime:
+safetensors payloads, never pickled tensors. An actor that skipped rounds gets the sync blob
+first, so delta-coded downlinks stay exact. ``runtime.address`` points at an existing Ray cluster
+(``ray start --head`` on it); empty starts a local Ray instance for the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from fedfm.errors import ConfigError, FedFMError, TrainingError
+from fedfm.runtimes.base import RUNTIMES, Runtime
+
+log = logging.getLogger(__name__)
+
+
+class _Worker:
+    """One Ray actor: the experiment's data, one frozen base, a ClientApp for its clients."""
+
+    def __init__(self, config_toml: str, client_ids: list[str], threads: int) -> None:
+        import torch
+
+        from fedfm.config import parse_config_text
+        from fedfm.experiment import client_app, prepare
+
+        torch.set_num_threads(max(1, threads))
+        config = parse_config_text(config_toml, "the experiment sent to a Ray worker")
+        self.prepared = prepare(config)
+        self.app, _ = client_app(self.prepared, client_ids)
+
+    def handle(self, client_id: str, payload: bytes, instructions: dict) -> bytes | tuple[str, str]:
+        from fedfm.client.app import ClientTask
+        from fedfm.state import FitInstructions
+
+        try:
+            return self.app.handle(ClientTask(client_id, payload, FitInstructions(**instructions)))
+        except TrainingError as e:
+            return ("training", str(e))
+        except FedFMError as e:
+            return ("refused", str(e))
+
+    def load_view(self, blob: bytes) -> None:
+        from fedfm.codecs.wire import unpack_groups
+
+        self.app.load_view(unpack_groups(blob))
+
+    def client_memory(self) -> bytes:
+        from fedfm.codecs.wire import pack_groups
+
+        groups = {k: v for k, v in self.app.state_dict().items() if k.startswith("client.up.")}
+        return pack_groups(groups)
+
+    def load_client_memory(self, blob: bytes) -> None:
+        from fedfm.codecs.wire import unpack_groups
+
+        groups = unpack_groups(blob)
+        prefix = "client.up."
+        self.app.memory = {k[len(prefix) :]: dict(v) for k, v in groups.items()}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+@RUNTIMES.register("ray")
+class RayRuntime(Runtime):
+    def __init__(self, app, config=None) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError(
+                "runtime.type = 'ray' needs Ray: pip install 'fedfm[ray]' (or ray>=2.40,<3)"
+            ) from None
+        if config is None:
+            raise ConfigError("the ray runtime needs the experiment config")
+        from dataclasses import asdict
+
+        from fedfm.config import config_to_toml
+
+        self._ray = ray
+        self._asdict = asdict
+        r = config.runtime
+        self._started = False
+        if not ray.is_initialized():
+            try:
+                ray.init(
+                    address=r.address or None,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                    num_cpus=None if r.address else max(os.cpu_count() or 1, r.workers),
+                    runtime_env={"env_vars": _forwarded_env()},
+                )
+            except Exception as e:  # Ray raises ConnectionError, RuntimeError, ValueError
+                raise ConfigError(
+                    f"runtime.address = {r.address!r}: cannot start or reach Ray: {e}"
+                ) from None
+            self._started = True
+        self.client_ids = list(app.data)
+        toml = config_to_toml(config)
+        actor = ray.remote(num_cpus=r.cpus_per_worker)(_Worker)
+        threads = max(1, int(r.cpus_per_worker))
+        self.workers = [
+            actor.remote(toml, self.client_ids, threads)
+            for _ in range(min(r.workers, len(self.client_ids)))
+        ]
+        self.index = {cid: i for i, cid in enumerate(self.client_ids)}
+        self.last_round = [0] * len(self.workers)
+        self.sync = None
+        self.round = 0
+        self.sync_bytes = 0
+        ray.get([w.pid.remote() for w in self.workers])  # fail here, not mid-round
+        log.info("ray runtime: %d workers", len(self.workers))
+
+    def worker_of(self, client_id: str) -> int:
+        return self.index[client_id] % len(self.workers)
+
+    def prepare_round(self, rnd, sync):
+        self.round, self.sync = rnd, sync
+
+    def take_extra_bytes(self) -> int:
+        n, self.sync_bytes = self.sync_bytes, 0
+        return n
+
+    def dispatch(self, tasks):
+        ray = self._ray
+        pending = {}
+        blob = None
+        for task in tasks:
+            w = self.worker_of(task.client_id)
+            if self.sync is not None and self.last_round[w] != self.round - 1 and self.round > 1:
+                blob = blob if blob is not None else self.sync()
+                self.workers[w].load_view.remote(blob)  # actor calls run in order
+                self.sync_bytes += len(blob)
+            self.last_round[w] = self.round
+            ref = self.workers[w].handle.remote(
+                task.client_id, task.payload, self._asdict(task.instructions)
+            )
+            pending[ref] = task.client_id
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            cid = pending.pop(done[0])
+            try:
+                result = ray.get(done[0])
+            except ray.exceptions.RayError as e:  # the actor died or raised
+                yield cid, FedFMError(f"ray worker failed: {type(e).__name__}: {e}")
+                continue
+            if isinstance(result, tuple):
+                kind, message = result
+                if kind == "training":
+                    raise TrainingError(message)
+                yield cid, FedFMError(message)
+            else:
+                yield cid, result
+
+    def state_dict(self):
+        from fedfm.codecs.wire import unpack_groups
+
+        groups = {}
+        for blob in self._ray.get([w.client_memory.remote() for w in self.workers]):
+            groups.update(unpack_groups(blob))
+        return groups
+
+    def load_state_dict(self, groups):
+        from fedfm.codecs.wire import pack_groups
+
+        per_worker: list[dict] = [{} for _ in self.workers]
+        for key, tensors in groups.items():
+            if key.startswith("client.up."):
+                per_worker[self.worker_of(key[len("client.up.") :])][key] = tensors
+        self._ray.get(
+            [
+                w.load_client_memory.remote(pack_groups(g))
+                for w, g in zip(self.workers, per_worker, strict=True)
+            ]
+        )
+        self.last_round = [-1] * len(self.workers)  # every actor re-syncs its downlink view
+
+    def close(self):
+        for w in self.workers:
+            self._ray.kill(w)
+        self.workers = []
+        if self._started:
+            self._ray.shutdown()
+
+
+def _forwarded_env() -> dict[str, str]:
+    """Settings the actors must share with the driver (data root, caches, offline mode)."""
+    keys = (
+        "FEDFM_DATA",
+        "FEDFM_CACHE",
+        "HF_HUB_OFFLINE",
+        "HF_HOME",
+        "ONEDNN_PRIMITIVE_CACHE_CAPACITY",
+    )
+    return {k: os.environ[k] for k in keys if k in os.environ}

@@ -1,0 +1,238 @@
+"""Multi-process network runs on loopback: `fedfm serve` + `fedfm join` processes, with faults.
+
+Each client process holds only its own data file (written from the simulation's partition), so
+a network run can be checked against the simulated run of the same config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.conftest import TINY
+
+pytestmark = pytest.mark.network
+
+NET = [
+    *TINY,
+    "name=net",
+    "partition.clients=3",
+    "federation.clients_per_round=3",
+    "federation.rounds=3",
+    "federation.local_steps=3",
+    "server.tokens_file=tokens.txt",
+    "server.round_timeout=120",
+    "server.client_timeout=8",
+    "server.linger=3",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fedfm(*args: str, cwd: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("w") as f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "fedfm.cli", *args],
+            cwd=cwd,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+class Deployment:
+    """Certificates, tokens, client files and a config in one folder; processes started on it."""
+
+    def __init__(self, root: Path, overrides: list[str]) -> None:
+        from fedfm.config import config_to_toml, load_config
+        from fedfm.data.split import write_client_files
+        from fedfm.runtimes.grpc.certs import make_certs
+
+        self.root = root
+        self.config = load_config(None, overrides)
+        self.files = write_client_files(self.config, root / "clients")
+        self.tokens = {cid: f"token-{cid}-0123456789abcdef" for cid in self.files}
+        (root / "tokens.txt").write_text("".join(f"{c} {t}\n" for c, t in self.tokens.items()))
+        make_certs(root / "certs")
+        (root / "net.toml").write_text(config_to_toml(self.config))
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def serve(self, *extra: str) -> subprocess.Popen:
+        args = ["serve", "--address", self.address, "--quiet", "--out", "runs", *extra]
+        if "--resume" not in extra:
+            args.insert(1, "net.toml")
+        p = _fedfm(*args, cwd=self.root, log=self.root / f"serve-{len(self.procs)}.log")
+        self.procs[f"serve-{len(self.procs)}"] = p
+        return p
+
+    def join(self, cid: str) -> subprocess.Popen:
+        p = _fedfm(
+            "join",
+            self.address,
+            "--ca",
+            "certs/ca.pem",
+            "--client-id",
+            cid,
+            "--token",
+            self.tokens[cid],
+            "--data",
+            str(self.files[cid]),
+            "--retry-seconds",
+            "120",
+            cwd=self.root,
+            log=self.root / f"join-{cid}.log",
+        )
+        self.procs[cid] = p
+        return p
+
+    def run_dir(self) -> Path:
+        return self.root / "runs" / "net"
+
+    def wait(self, name: str, timeout: float = 300) -> int:
+        try:
+            return self.procs[name].wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_all()
+            pytest.fail(f"{name} did not finish in {timeout} s; logs:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.root.glob("*.log"))
+        )
+
+    def kill_all(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _round_started(run_dir: Path, rnd: int) -> bool:
+    db = run_dir / "server.sqlite"
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(db) as con:
+            return bool(con.execute("SELECT 1 FROM rounds WHERE round = ?", (rnd,)).fetchall())
+    except sqlite3.Error:
+        return False
+
+
+def _assert_same_adapter(a: Path, b: Path) -> None:
+    """Bit-identical LoRA factors (client processes use the same thread count as the sim)."""
+    net = load_file(str(a / "adapter" / "adapter_model.safetensors"))
+    sim = load_file(str(b / "adapter" / "adapter_model.safetensors"))
+    assert net.keys() == sim.keys()
+    worst = max((net[k].float() - sim[k].float()).abs().max().item() for k in net)
+    assert worst == 0.0, f"the adapters differ by up to {worst:.3g}"
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    """The same experiment in simulation: the reference the network runs must reproduce."""
+    from fedfm.config import load_config
+    from fedfm.experiment import run
+
+    out = tmp_path_factory.mktemp("sim")
+    result = run(load_config(None, [*NET, "server.min_clients=3"]), out=out)
+    return result
+
+
+def test_a_server_and_three_clients_reproduce_the_simulated_run(tmp_path, simulated):
+    d = Deployment(tmp_path, [*NET, "server.min_clients=3"])
+    try:
+        d.serve()
+        for cid in d.files:
+            d.join(cid)
+        assert d.wait("serve-0") == 0, d.logs()
+        for cid in d.files:
+            assert d.wait(cid, 60) == 0, d.logs()
+    finally:
+        d.kill_all()
+    summary = json.loads((d.run_dir() / "summary.json").read_text())
+    assert summary["final_accuracy"] == simulated.summary["final_accuracy"]
+    assert summary["bytes_up_total"] == simulated.summary["bytes_up_total"]
+    _assert_same_adapter(d.run_dir(), simulated.run_dir)
+    rows = [json.loads(r) for r in (d.run_dir() / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert "done: trained in 3 rounds" in (tmp_path / "join-c0.log").read_text()
+
+
+def test_a_server_killed_mid_run_resumes_to_the_same_final_state(tmp_path, simulated):
+    d = Deployment(tmp_path, [*NET, "server.min_clients=3"])
+    try:
+        server = d.serve()
+        for cid in d.files:
+            d.join(cid)
+        _wait_for(lambda: _round_started(d.run_dir(), 2), 240, "round 2 to start")
+        server.send_signal(signal.SIGKILL)  # kill -9 in the middle of round 2
+        server.wait()
+        d.serve("--resume", str(d.run_dir()))
+        assert d.wait("serve-4") == 0, d.logs()
+        for cid in d.files:
+            assert d.wait(cid, 60) == 0, d.logs()
+    finally:
+        d.kill_all()
+    summary = json.loads((d.run_dir() / "summary.json").read_text())
+    assert summary["final_accuracy"] == simulated.summary["final_accuracy"]
+    _assert_same_adapter(d.run_dir(), simulated.run_dir)
+    assert "joining again" in d.logs()
+
+
+def test_a_client_killed_mid_round_is_dropped_and_the_run_goes_on(tmp_path):
+    d = Deployment(tmp_path, [*NET, "server.min_clients=3", "federation.rounds=2"])
+    try:
+        d.serve()
+        for cid in d.files:
+            d.join(cid)
+        _wait_for(lambda: _round_started(d.run_dir(), 1), 240, "round 1 to start")
+        d.procs["c2"].send_signal(signal.SIGKILL)
+        assert d.wait("serve-0") == 0, d.logs()
+    finally:
+        d.kill_all()
+    rows = [json.loads(r) for r in (d.run_dir() / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["rejected"] == ["c2"] and sorted(rows[0]["clients"]) == ["c0", "c1"]
+    assert sorted(rows[1]["clients"]) == ["c0", "c1"]  # c2 is no longer selectable
+    with sqlite3.connect(d.run_dir() / "server.sqlite") as con:
+        events = con.execute("SELECT client_id, detail FROM events WHERE kind='straggler'")
+        assert [(c, "lost" in r) for c, r in events] == [("c2", True)]
+
+
+def test_a_client_whose_file_lacks_the_columns_fails_before_training(tmp_path):
+    d = Deployment(tmp_path, [*NET, "server.min_clients=3", "server.join_timeout=20"])
+    (tmp_path / "wrong.csv").write_text("body,category\nhello,World\n")
+    d.files["c0"] = tmp_path / "wrong.csv"
+    try:
+        d.serve()
+        d.join("c0")
+        assert d.wait("c0", 120) == 2
+    finally:
+        d.kill_all()
+    out = (tmp_path / "join-c0.log").read_text()
+    assert "data.text_column = 'text' is not a column" in out and "Traceback" not in out
