@@ -14,6 +14,9 @@ from fedfm.cli import main
         (["run"], ["--set", "--out", "--resume", "--quiet", "SECTION.KEY=VALUE"]),
         (["config"], ["--set"]),
         (["report"], ["run_dir"]),
+        (["serve"], ["--address", "--resume", "--out", "tokens_file"]),
+        (["join"], ["--token", "--data", "--ca", "--cert", "--key", "--insecure", "--client-id"]),
+        (["certs"], ["--host", "--client", "--days"]),
     ],
 )
 def test_help_is_complete(capsys, argv, expected):
@@ -59,6 +62,7 @@ def test_config_prints_a_loadable_default(capsys, tmp_path):
             ["model.name=/nonexistent/model"],
             "model.name = '/nonexistent/model' could not be loaded",
         ),
+        (["runtime.type=grpc"], "runtime.type = 'grpc' runs over the network: start `fedfm serve"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, overrides, message):
@@ -75,3 +79,33 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, overrides, message):
 def test_resume_of_a_non_run_directory(capsys, tmp_path):
     assert main(["run", "--resume", str(tmp_path)]) == 2
     assert "is not a run directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["serve"], "server.tokens_file is empty"),
+        (["serve", "--set", "server.tokens_file=/nonexistent"], "does not exist"),
+        (["serve", "--set", "server.address=nohost"], "server.address = 'nohost'"),
+        (["join", "127.0.0.1:1", "--data", "x.csv", "--client-id", "c0"], "--token is required"),
+        (
+            ["join", "127.0.0.1:1", "--data", "x.csv", "--client-id", "c0", "--token", "t" * 20],
+            "--ca CA.pem is required",
+        ),
+    ],
+)
+def test_network_commands_refuse_bad_input_in_one_line(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedfm: error: ") and message in err and "Traceback" not in err
+
+
+def test_certs_writes_a_ca_server_and_client_certificates(tmp_path):
+    from cryptography import x509
+
+    assert main(["certs", str(tmp_path), "--client", "c0"]) == 0
+    names = {p.name for p in tmp_path.iterdir()}
+    assert names == {"ca.pem", "ca.key", "server.pem", "server.key", "c0.pem", "c0.key"}
+    assert (tmp_path / "server.key").stat().st_mode & 0o077 == 0  # private keys: owner only
+    cert = x509.load_pem_x509_certificate((tmp_path / "c0.pem").read_bytes())
+    assert "CN=c0" in cert.subject.rfc4514_string()

@@ -1,4 +1,5 @@
-"""The ``fedfm`` command line: ``fedfm run | config | report | bench | serve | join | certs``.
+"""The ``fedfm`` command line: ``fedfm run | config | report | generate | bench | serve | join |
+certs``.
 
 Errors of the FedFMError hierarchy print one line and exit with code 2; ``--debug`` shows the
 traceback.
@@ -21,6 +22,8 @@ EPILOG = """examples:
   fedfm run --resume runs/agnews-lora        continue an interrupted run
   fedfm config > my.toml                     the default config, every key, to edit
   fedfm report runs/agnews-lora              rebuild report.html from a run directory
+  fedfm run configs/agnews_instruct.toml     federated instruction tuning of SmolLM2 (causal LM)
+  fedfm generate runs/agnews-instruct --prompt "Which topic is ...?"   answer with a tuned LM
   fedfm bench --quick --peers plain          fedfm against a plain PyTorch loop, in minutes
   fedfm certs certs/                         test CA + server certificate for TLS
   fedfm serve configs/network.toml           serve an experiment to network clients
@@ -164,6 +167,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     certs.add_argument("--days", type=int, default=365, help="validity in days (default: 365)")
 
+    gen = sub.add_parser(
+        "generate",
+        help="answer a prompt with the tuned model of a causal_lm run",
+        description="Load a task.type = 'causal_lm' run's base model and its exported peft "
+        "adapter (adapter/), apply the chat template to the prompt and print the greedy answer.",
+    )
+    gen.add_argument("run_dir", help="a causal_lm run directory written by `fedfm run`")
+    gen.add_argument("--prompt", required=True, help="the user message")
+    gen.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=64,
+        metavar="N",
+        help="at most N generated tokens (default: 64)",
+    )
+
     rep = sub.add_parser(
         "report",
         help="rebuild report.html of a run directory",
@@ -222,6 +241,15 @@ def _cmd_report(args) -> int:
     summary = json.loads((run_dir / "summary.json").read_text())
     path = write_report(run_dir, (run_dir / "config.toml").read_text(), rows, summary)
     print(path)
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    from fedfm.tasks.causal_lm import generate
+
+    if args.max_new_tokens < 1:
+        raise FedFMError(f"--max-new-tokens = {args.max_new_tokens} is not allowed; allowed: ≥ 1")
+    print(generate(args.run_dir, args.prompt, args.max_new_tokens))
     return 0
 
 
@@ -369,6 +397,7 @@ COMMANDS = {
     "run": _cmd_run,
     "config": _cmd_config,
     "report": _cmd_report,
+    "generate": _cmd_generate,
     "bench": _cmd_bench,
     "serve": _cmd_serve,
     "join": _cmd_join,

@@ -57,12 +57,57 @@ def check_choice(key: str, value: Any, choices: typing.Iterable[str]) -> None:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """What is learned: ``classification`` of text (``causal_lm`` comes with the FM-for-FL work)."""
+    """What is learned: ``classification`` of text, or ``causal_lm`` instruction tuning of a
+    generative model (data: instruction JSONL, or a labelled table with ``instruction``; see
+    :mod:`fedfm.data.instructions`), scored by exact match and perplexity."""
 
     type: str = "classification"
+    # causal_lm, labelled table as data: the question put before each row's text; the label answers
+    instruction: str = ""
+    max_new_tokens: int = 8  # causal_lm: greedy answer length for exact-match scoring
 
     def __post_init__(self) -> None:
-        check_choice("task.type", self.type, ["classification"])
+        check_choice("task.type", self.type, ["classification", "causal_lm"])
+        check(
+            1 <= self.max_new_tokens <= 512, "task.max_new_tokens", self.max_new_tokens, "1 … 512"
+        )
+        check(
+            self.type == "causal_lm" or not self.instruction,
+            "task.instruction",
+            self.instruction,
+            "'' unless task.type = 'causal_lm'",
+        )
+
+
+# LoRA's default targets are BERT's attention names; Llama-style decoders call them these.
+CAUSAL_LM_LORA_TARGETS = ("q_proj", "v_proj")
+
+
+def _check_causal_lm(config: ExperimentConfig) -> None:
+    """task.type = 'causal_lm': LoRA only (the default targets become q_proj, v_proj); no data
+    attacks and no example-level DP, which assume labelled classification rows."""
+    from fedfm.methods import METHODS
+
+    method = METHODS.name_of(type(config.method))
+    check(method == "lora", "method.type", method, "'lora' with task.type = 'causal_lm'")
+    if config.method.target_modules == type(config.method)().target_modules:
+        object.__setattr__(
+            config,
+            "method",
+            dataclasses.replace(config.method, target_modules=CAUSAL_LM_LORA_TARGETS),
+        )
+    check(
+        config.attack.type not in ("label_flip", "backdoor"),
+        "attack.type",
+        config.attack.type,
+        "an update attack ('none', 'sign_flip', 'scale', 'noise') with task.type = 'causal_lm'",
+    )
+    check(
+        config.privacy.dp != "local",
+        "privacy.dp",
+        config.privacy.dp,
+        "'none', 'central' or 'distributed' with task.type = 'causal_lm'",
+    )
 
 
 @dataclass(frozen=True)
@@ -417,6 +462,8 @@ class ExperimentConfig:
             "a non-empty name without '/'",
         )
         check(0 <= self.seed < 2**32, "seed", self.seed, "0 … 2**32 − 1")
+        if self.task.type == "causal_lm":
+            _check_causal_lm(self)
         if self.federation.mode == "federated" and self.partition.clients:
             check(
                 self.federation.clients_per_round <= self.partition.clients,

@@ -7,7 +7,8 @@ The run directory (``runs/<name>/``) is a contract later tools rely on::
     metrics.jsonl    one JSON object per round
     summary.json     the final figures
     checkpoints/     the last rounds' global and strategy state (safetensors)
-    adapter/         peft adapter + head.safetensors (lora, prompt, adapter); model/ for head, full
+    adapter/         peft adapter + head.safetensors (lora, prompt, adapter); model/ for head, full;
+                     causal_lm: the peft adapter and the tokenizer
     report.html      one self-contained page with the config, per-round table and plots
 """
 
@@ -29,10 +30,16 @@ from fedfm.client.app import ClientApp, ClientData
 from fedfm.client.trainer import Trainer
 from fedfm.codecs import Pipeline
 from fedfm.config import ExperimentConfig, config_to_toml, load_config, resolve_path
+from fedfm.data.instructions import (
+    Instructions,
+    labelled_as_instructions,
+    load_instructions,
+    tokenize_instructions,
+)
 from fedfm.data.partition import Partition, partition
 from fedfm.data.table import LabelledText, load_labelled_text
 from fedfm.data.tokens import TokenizedText, tokenize
-from fedfm.errors import DataError, ResumeError
+from fedfm.errors import ConfigError, DataError, ResumeError
 from fedfm.methods import METHODS
 from fedfm.metrics.memory import peak_rss_mb
 from fedfm.metrics.sinks import ConsoleSink, JsonlSink, Sink
@@ -42,8 +49,9 @@ from fedfm.server.checkpoint import latest_checkpoint
 from fedfm.server.federation import Federation
 from fedfm.state import State, clone_state
 from fedfm.strategies import STRATEGIES
+from fedfm.tasks.causal_lm import CausalLMTask
 from fedfm.tasks.classification import ClassificationTask
-from fedfm.tasks.models import load_encoder, resolve_model
+from fedfm.tasks.models import load_causal_lm, load_encoder, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +74,12 @@ class Prepared:
     """Everything built from a config before the first round."""
 
     config: ExperimentConfig
-    train: LabelledText
-    test: LabelledText
-    train_tokens: TokenizedText
+    train: LabelledText | Instructions  # Instructions for task.type = "causal_lm"
+    test: LabelledText | Instructions
+    train_tokens: TokenizedText  # PromptedTokens for causal_lm
     test_tokens: TokenizedText
     partition: Partition
-    task: ClassificationTask
+    task: ClassificationTask | CausalLMTask
     eval_rows: np.ndarray
     startup_seconds: float
     model_loaded_at: float = 0.0  # wall-clock time.time() when the base model was in memory
@@ -110,6 +118,11 @@ def _check_supported(config: ExperimentConfig) -> None:
     from fedfm.privacy.federated import check_compatible
 
     check_compatible(config)
+    if config.runtime.type == "grpc":
+        raise ConfigError(
+            "runtime.type = 'grpc' runs over the network: start `fedfm serve CONFIG.toml` and "
+            "`fedfm join HOST:PORT --token ... --data ...` on each client (see docs/network.md)"
+        )
 
 
 def prepare(config: ExperimentConfig) -> Prepared:
@@ -117,38 +130,62 @@ def prepare(config: ExperimentConfig) -> Prepared:
     t0 = time.perf_counter()
     _check_supported(config)
     d = config.data
-    train = load_labelled_text(
-        resolve_path(d.train),
-        d.text_column,
-        d.label_column,
-        d.labels or None,
-        d.train_rows,
-        "data.train",
-    )
-    _check_labels(train)
-    test = load_labelled_text(
-        resolve_path(d.test),
-        d.text_column,
-        d.label_column,
-        train.label_names,
-        d.test_rows,
-        "data.test",
-    )
+    causal_lm = config.task.type == "causal_lm"
+    if causal_lm:
+        train, test = _load_instructions(config)
+    else:
+        train = load_labelled_text(
+            resolve_path(d.train),
+            d.text_column,
+            d.label_column,
+            d.labels or None,
+            d.train_rows,
+            "data.train",
+        )
+        _check_labels(train)
+        test = load_labelled_text(
+            resolve_path(d.test),
+            d.text_column,
+            d.label_column,
+            train.label_names,
+            d.test_rows,
+            "data.test",
+        )
     if config.federation.mode == "centralized":
         part = Partition(
             ["pooled"], [np.arange(len(train))], notes=["centralized: all rows pooled"]
         )
     else:
         part = partition(train.labels, train.columns, config.partition, config.seed)
-    tokenizer, encoder = load_encoder(config.model.name)
-    model_loaded_at = time.time()
-    key = f"{resolve_model(config.model.name)}|{type(tokenizer).__name__}|{len(tokenizer)}"
-    train_tokens = tokenize(train.texts, tokenizer, key, d.max_length)
-    test_tokens = tokenize(test.texts, tokenizer, key, d.max_length)
     method = METHODS.get(METHODS.name_of(type(config.method)))(config.method)
-    task = ClassificationTask(
-        tokenizer, encoder, method, len(train.label_names), config.seed, config.federation.precision
-    )
+    if causal_lm:
+        tokenizer, model = load_causal_lm(config.model.name, config.federation.precision)
+        model_loaded_at = time.time()
+        key = f"{resolve_model(config.model.name)}|{type(tokenizer).__name__}|{len(tokenizer)}"
+        train_tokens = tokenize_instructions(train, tokenizer, key, d.max_length)
+        test_tokens = tokenize_instructions(test, tokenizer, key, d.max_length)
+        task = CausalLMTask(
+            tokenizer,
+            model,
+            method,
+            config.seed,
+            config.federation.precision,
+            config.task.max_new_tokens,
+        )
+    else:
+        tokenizer, encoder = load_encoder(config.model.name)
+        model_loaded_at = time.time()
+        key = f"{resolve_model(config.model.name)}|{type(tokenizer).__name__}|{len(tokenizer)}"
+        train_tokens = tokenize(train.texts, tokenizer, key, d.max_length)
+        test_tokens = tokenize(test.texts, tokenizer, key, d.max_length)
+        task = ClassificationTask(
+            tokenizer,
+            encoder,
+            method,
+            len(train.label_names),
+            config.seed,
+            config.federation.precision,
+        )
     n_eval = len(test) if d.eval_rows == 0 else min(d.eval_rows, len(test))
     eval_rows = np.arange(n_eval)  # the first rows of the test set, the same for every system
     prepared = Prepared(
@@ -166,6 +203,34 @@ def prepare(config: ExperimentConfig) -> Prepared:
     if config.attack.type != "none":
         _prepare_attack(prepared, tokenizer, key)
     return prepared
+
+
+def _load_instructions(config: ExperimentConfig) -> tuple[Instructions, Instructions]:
+    """causal_lm data: instruction JSONL files, or labelled tables turned into instructions
+    with ``task.instruction``."""
+    d, instruction = config.data, config.task.instruction
+    if not instruction:
+        return (
+            load_instructions(resolve_path(d.train), d.train_rows, d.label_column, "data.train"),
+            load_instructions(resolve_path(d.test), d.test_rows, d.label_column, "data.test"),
+        )
+    train = load_labelled_text(
+        resolve_path(d.train),
+        d.text_column,
+        d.label_column,
+        d.labels or None,
+        d.train_rows,
+        "data.train",
+    )
+    test = load_labelled_text(
+        resolve_path(d.test),
+        d.text_column,
+        d.label_column,
+        train.label_names,
+        d.test_rows,
+        "data.test",
+    )
+    return labelled_as_instructions(train, instruction), labelled_as_instructions(test, instruction)
 
 
 def _prepare_attack(p: Prepared, tokenizer, key: str) -> None:
@@ -476,6 +541,7 @@ def drive(
         **_summary_base(p, run_dir),
         "final_accuracy": final["accuracy"],
         "final_loss": final["loss"],
+        **({"final_perplexity": final["perplexity"]} if "perplexity" in final else {}),
         "test_rows": len(p.test),
         "rounds": c.federation.rounds,
         "total_seconds": round(fed.totals["seconds"], 3),

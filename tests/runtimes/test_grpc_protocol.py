@@ -85,6 +85,13 @@ class Server:
 
         self._thread = threading.Thread(target=drive, daemon=True)
         self._thread.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the round is open once every client has its work
+            with self.runtime.board.lock:
+                if all(c in self.runtime.board.assignments for c in clients):
+                    return
+            time.sleep(0.01)
+        raise AssertionError("the round did not open")
 
     def wait_round(self, timeout: float = 30.0) -> dict[str, bytes | Exception]:
         self._thread.join(timeout)
@@ -453,3 +460,27 @@ def test_a_stale_client_gets_the_sync_blob_and_decodes_a_delta_downlink_exactly(
         assert s.runtime.take_extra_bytes() == len(blob)
     finally:
         s.close()
+
+
+def test_a_copy_of_the_same_round_payload_is_decoded_once():
+    """Two clients of one process get copies of a delta-coded downlink: both see one state."""
+    from collections import OrderedDict
+    from types import SimpleNamespace
+
+    import torch
+
+    from fedfm.client.app import ClientApp
+    from fedfm.codecs import CodecContext, Pipeline, peer_seed
+
+    template = OrderedDict(w=torch.zeros(2, 3))
+    down = Pipeline(("delta",), "codec.down")
+    seed = peer_seed(0, "server")
+    app = ClientApp(SimpleNamespace(seed=0), {}, down, Pipeline(()), template)
+    first = OrderedDict(w=torch.ones(2, 3))
+    p1 = down.encode(first, CodecContext(1, None, {}, seed), {})
+    assert torch.equal(app._receive(1, p1)["w"], first["w"])
+    second = OrderedDict(w=torch.full((2, 3), 3.0))
+    p2 = down.encode(second, CodecContext(2, first, {}, seed), {})
+    a = app._receive(2, p2)
+    b = app._receive(2, bytes(bytearray(p2)))  # an equal copy, another object
+    assert torch.equal(a["w"], second["w"]) and torch.equal(b["w"], second["w"])

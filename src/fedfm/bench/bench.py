@@ -70,6 +70,8 @@ def _summarise(m: Measured) -> dict[str, Any]:
         "bytes_down": statistics.mean(r["bytes_down"] for r in rounds),
         "wall_seconds": m.wall_seconds,
         "notes": t.get("notes", []),
+        "round_extras": t.get("round_extras", []),
+        **t.get("summary_extras", {}),
     }
 
 

@@ -110,7 +110,9 @@ class ClientApp:
         self.transforms: list = []
 
     def _receive(self, round: int, payload: bytes) -> State:
-        if self._decoded is not None and self._decoded[0] == round and self._decoded[1] is payload:
+        # Equal bytes, not only the same object: Ray actors and network clients get copies, and
+        # decoding a delta-coded round twice would move the reference twice.
+        if self._decoded is not None and self._decoded[0] == round and self._decoded[1] == payload:
             return self._decoded[2]
         seed = peer_seed(self.trainer.seed, "server")
         ctx = CodecContext(round, self.view, self.view_memory, seed)

