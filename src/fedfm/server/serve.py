@@ -64,6 +64,7 @@ def check_servable(config: ExperimentConfig) -> None:
         (config.secagg.enabled, "secagg.enabled = true", "secure aggregation"),
         (config.privacy.dp == "distributed", "privacy.dp = 'distributed'", "distributed DP"),
         (config.privacy.dp == "local", "privacy.dp = 'local'", "example-level DP-SGD"),
+        (config.task.type != "classification", f"task.type = {config.task.type!r}", "this task"),
         (config.attack.type != "none", f"attack.type = {config.attack.type!r}", "attacks"),
         (config.privacy.audit, "privacy.audit = true", "the membership audit"),
         (STRATEGIES.name_of(type(config.strategy)) == "fltrust", "strategy fltrust", "FLTrust"),
