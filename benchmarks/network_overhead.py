@@ -35,6 +35,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--out", default="bench-runs/network")
     parser.add_argument("--port", type=int, default=50851)
+    parser.add_argument(
+        "--client-threads", type=int, default=0, help="torch threads per client (0 = all cores)"
+    )
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -80,7 +83,8 @@ def main() -> int:
             clients.append(
                 subprocess.Popen(
                     [*cli, "join", address, "--ca", "certs/ca.pem", "--client-id", cid]
-                    + ["--token", tokens[cid], "--data", str(path)],
+                    + ["--token", tokens[cid], "--data", str(path)]
+                    + ["--threads", str(args.client_threads)],
                     cwd=net_dir,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -104,6 +108,7 @@ def main() -> int:
         return statistics.median(r[key] for r in rows)
 
     result = {
+        "client_threads": args.client_threads,
         "rounds": args.rounds,
         "clients": args.clients,
         "sim": {

@@ -142,6 +142,13 @@ def _parser() -> argparse.ArgumentParser:
         "--insecure", action="store_true", help="no TLS (only for servers with server.tls = false)"
     )
     join.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads for training (default 0: all cores; use 1 when several clients "
+        "share one machine)",
+    )
+    join.add_argument(
         "--retry-seconds",
         type=float,
         default=300.0,
@@ -364,6 +371,12 @@ def _cmd_join(args) -> int:
             "--ca CA.pem is required to check the server's certificate (or --insecure for a "
             "server with server.tls = false)"
         )
+    if args.threads < 0:
+        raise FedFMError(f"--threads {args.threads} must be ≥ 0 (0 = all cores)")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     logging.getLogger("fedfm").setLevel(logging.INFO)
     client = NetworkClient(
         args.address,
