@@ -10,13 +10,13 @@ mkdir -p demo-network && cd demo-network
 "$FEDFM" certs certs > /dev/null
 "$PY" -c "from fedfm.config import load_config; from fedfm.data.split import write_client_files; \
 print(*write_client_files(load_config('$CONFIG'), 'clients').values())"
-for c in c0 c1 c2; do echo "$c $("$PY" -c 'import secrets; print(secrets.token_urlsafe(24))')"; done > tokens.txt
+for c in c0 c1 c2; do echo "$c $("$PY" -c 'import secrets; print(secrets.token_hex(24))')"; done > tokens.txt
 "$FEDFM" serve "$CONFIG" --quiet > serve.log 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for c in c0 c1 c2; do
   token=$(awk -v c="$c" '$1==c {print $2}' tokens.txt)
-  "$FEDFM" join 127.0.0.1:8443 --ca certs/ca.pem --client-id "$c" --token "$token" \
+  "$FEDFM" join 127.0.0.1:8443 --ca certs/ca.pem --client-id "$c" --token="$token" --threads 1 \
     --data "clients/$c.tsv" > "join-$c.log" 2>&1 &
 done
 wait $server

@@ -26,14 +26,14 @@ pytestmark = pytest.mark.network
 NET = [
     *TINY,
     "name=net",
-    "partition.clients=3",
-    "federation.clients_per_round=3",
+    "partition.clients=4",
+    "federation.clients_per_round=4",
     "federation.rounds=3",
     "federation.local_steps=3",
     "server.tokens_file=tokens.txt",
     "server.round_timeout=120",
     "server.client_timeout=8",
-    "server.linger=3",
+    "server.linger=15",  # longer than a client's largest back-off, so every client hears DONE
 ]
 
 
@@ -160,12 +160,12 @@ def simulated(tmp_path_factory):
     from fedfm.experiment import run
 
     out = tmp_path_factory.mktemp("sim")
-    result = run(load_config(None, [*NET, "server.min_clients=3"]), out=out)
+    result = run(load_config(None, [*NET, "server.min_clients=4"]), out=out)
     return result
 
 
-def test_a_server_and_three_clients_reproduce_the_simulated_run(tmp_path, simulated):
-    d = Deployment(tmp_path, [*NET, "server.min_clients=3"])
+def test_a_server_and_four_clients_reproduce_the_simulated_run(tmp_path, simulated):
+    d = Deployment(tmp_path, [*NET, "server.min_clients=4"])
     try:
         d.serve()
         for cid in d.files:
@@ -185,7 +185,7 @@ def test_a_server_and_three_clients_reproduce_the_simulated_run(tmp_path, simula
 
 
 def test_a_server_killed_mid_run_resumes_to_the_same_final_state(tmp_path, simulated):
-    d = Deployment(tmp_path, [*NET, "server.min_clients=3"])
+    d = Deployment(tmp_path, [*NET, "server.min_clients=4"])
     try:
         server = d.serve()
         for cid in d.files:
@@ -194,7 +194,7 @@ def test_a_server_killed_mid_run_resumes_to_the_same_final_state(tmp_path, simul
         server.send_signal(signal.SIGKILL)  # kill -9 in the middle of round 2
         server.wait()
         d.serve("--resume", str(d.run_dir()))
-        assert d.wait("serve-4") == 0, d.logs()
+        assert d.wait("serve-5") == 0, d.logs()
         for cid in d.files:
             assert d.wait(cid, 60) == 0, d.logs()
     finally:
@@ -206,7 +206,7 @@ def test_a_server_killed_mid_run_resumes_to_the_same_final_state(tmp_path, simul
 
 
 def test_a_client_killed_mid_round_is_dropped_and_the_run_goes_on(tmp_path):
-    d = Deployment(tmp_path, [*NET, "server.min_clients=3", "federation.rounds=2"])
+    d = Deployment(tmp_path, [*NET, "server.min_clients=4", "federation.rounds=2"])
     try:
         d.serve()
         for cid in d.files:
@@ -217,15 +217,15 @@ def test_a_client_killed_mid_round_is_dropped_and_the_run_goes_on(tmp_path):
     finally:
         d.kill_all()
     rows = [json.loads(r) for r in (d.run_dir() / "metrics.jsonl").read_text().splitlines()]
-    assert rows[0]["rejected"] == ["c2"] and sorted(rows[0]["clients"]) == ["c0", "c1"]
-    assert sorted(rows[1]["clients"]) == ["c0", "c1"]  # c2 is no longer selectable
+    assert rows[0]["rejected"] == ["c2"] and sorted(rows[0]["clients"]) == ["c0", "c1", "c3"]
+    assert sorted(rows[1]["clients"]) == ["c0", "c1", "c3"]  # c2 is no longer selectable
     with sqlite3.connect(d.run_dir() / "server.sqlite") as con:
         events = con.execute("SELECT client_id, detail FROM events WHERE kind='straggler'")
         assert [(c, "lost" in r) for c, r in events] == [("c2", True)]
 
 
 def test_a_client_whose_file_lacks_the_columns_fails_before_training(tmp_path):
-    d = Deployment(tmp_path, [*NET, "server.min_clients=3", "server.join_timeout=20"])
+    d = Deployment(tmp_path, [*NET, "server.min_clients=4", "server.join_timeout=20"])
     (tmp_path / "wrong.csv").write_text("body,category\nhello,World\n")
     d.files["c0"] = tmp_path / "wrong.csv"
     try:

@@ -484,3 +484,19 @@ def test_a_copy_of_the_same_round_payload_is_decoded_once():
     a = app._receive(2, p2)
     b = app._receive(2, bytes(bytearray(p2)))  # an equal copy, another object
     assert torch.equal(a["w"], second["w"]) and torch.equal(b["w"], second["w"])
+
+
+def test_mutual_tls_requires_a_client_certificate_naming_the_client(tmp_path, certs):
+    s = Server(tmp_path, certs, mutual_tls=True)
+    try:
+        pem = {c: (str(certs / f"{c}.pem"), str(certs / f"{c}.key")) for c in ("c0", "c1")}
+        ok = s.client("c0", cert=pem["c0"][0], key=pem["c0"][1])
+        ok.join()
+        assert _poll(ok).kind == pb.PollReply.WAIT
+        with pytest.raises(NetworkError):  # no certificate: the TLS handshake fails
+            s.client("c0").join()
+        impostor = s.client("c1", cert=pem["c0"][0], key=pem["c0"][1])
+        with pytest.raises(NetworkError, match="certificate names 'c0'"):
+            impostor.join()
+    finally:
+        s.close()

@@ -40,7 +40,7 @@ def read_tokens(path: Path) -> dict[str, str]:
             raise ConfigError(
                 f"{where}: the token of {cid!r} has {len(token)} characters; at least "
                 f"{MIN_TOKEN_CHARS} are required (e.g. python -c 'import secrets; "
-                "print(secrets.token_urlsafe(24))')"
+                "print(secrets.token_hex(24))')"
             )
         if cid in tokens:
             raise ConfigError(f"{where}: client id {cid!r} appears twice")
