@@ -16,7 +16,6 @@ Scoring (:meth:`CausalLMTask.evaluate`):
 
 from __future__ import annotations
 
-import contextlib
 import math
 import string
 import warnings
@@ -31,7 +30,7 @@ from torch.nn import functional as F
 
 from fedfm.data.instructions import IGNORE_INDEX, ChatEncoder, PromptedTokens, left_padded
 from fedfm.methods.base import Method
-from fedfm.state import State
+from fedfm.tasks.base import SharedStateTask
 
 _PUNCTUATION = string.punctuation + "“”‘’«»…"
 
@@ -91,7 +90,7 @@ def generate_ids(
     return answers
 
 
-class CausalLMTask:
+class CausalLMTask(SharedStateTask):
     """A method-adapted causal LM; the shared tensors are exactly its trainable parameters."""
 
     def __init__(
@@ -119,26 +118,7 @@ class CausalLMTask:
             (n, p) for n, p in self.model.named_parameters() if p.requires_grad
         )
 
-    # ---- state ------------------------------------------------------------------------------
-    def get_state(self) -> State:
-        return OrderedDict((n, p.detach().clone()) for n, p in self.shared.items())
-
-    @torch.no_grad()
-    def set_state(self, state: State) -> None:
-        for n, p in self.shared.items():
-            p.copy_(state[n])
-
-    def num_params(self) -> tuple[int, int]:
-        """(trainable, total) parameter counts."""
-        total = sum(p.numel() for p in self.model.parameters())
-        return sum(p.numel() for p in self.shared.values()), total
-
     # ---- compute ------------------------------------------------------------------------------
-    def autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def _response_nll(
         self, tokens: PromptedTokens, rows: np.ndarray
     ) -> tuple[torch.Tensor, torch.Tensor]:

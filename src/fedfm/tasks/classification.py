@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import warnings
 from collections import OrderedDict
@@ -15,7 +14,7 @@ from torch.nn import functional as F
 
 from fedfm.data.tokens import TokenizedText
 from fedfm.methods.base import Method
-from fedfm.state import State
+from fedfm.tasks.base import SharedStateTask
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ class TextClassifier(nn.Module):
         return self.head(pooled.float())
 
 
-class ClassificationTask:
+class ClassificationTask(SharedStateTask):
     """Builds the classifier around a method-adapted encoder; computes loss and accuracy."""
 
     def __init__(
@@ -71,26 +70,7 @@ class ClassificationTask:
             (n, p) for n, p in self.model.named_parameters() if p.requires_grad
         )
 
-    # ---- state ------------------------------------------------------------------------------
-    def get_state(self) -> State:
-        return OrderedDict((n, p.detach().clone()) for n, p in self.shared.items())
-
-    @torch.no_grad()
-    def set_state(self, state: State) -> None:
-        for n, p in self.shared.items():
-            p.copy_(state[n])
-
-    def num_params(self) -> tuple[int, int]:
-        """(trainable, total) parameter counts."""
-        total = sum(p.numel() for p in self.model.parameters())
-        return sum(p.numel() for p in self.shared.values()), total
-
     # ---- compute ------------------------------------------------------------------------------
-    def autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def loss(self, tokens: TokenizedText, labels: np.ndarray, rows: np.ndarray) -> torch.Tensor:
         input_ids, mask = tokens.batch(rows, self.pad_id)
         with self.autocast():

@@ -99,7 +99,7 @@ class NetworkClient:
                 if code in RETRYABLE and time.monotonic() < give_up:
                     log.info("server unreachable (%s); retrying in %.1f s", code.name, delay)
                     time.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, 10.0)
+                    delay = min(delay * 2, 5.0)  # ≤ 7.5 s with jitter: under the server linger
                     continue
                 if code == grpc.StatusCode.UNAUTHENTICATED and rejoin and self.session:
                     raise _Rejoin() from None
