@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from fedfm.bench.scenarios import SCENARIOS
 from fedfm.errors import FedFMError
 
 EPILOG = """examples:
@@ -91,8 +92,8 @@ def _parser() -> argparse.ArgumentParser:
         "target",
         nargs="?",
         default="agnews-lora",
-        help="a scenario (agnews-lora, agnews-codecs, agnews-methods, agnews-attacks) or an "
-        "experiment config (TOML); default: agnews-lora",
+        help=f"a scenario ({', '.join(SCENARIOS)}) or an experiment config (TOML); "
+        "default: agnews-lora",
     )
     bench.add_argument(
         "--peers",
@@ -104,6 +105,11 @@ def _parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="a short variant that fits in a few minutes"
     )
     bench.add_argument("--no-sweep", action="store_true", help="skip the memory-vs-clients sweep")
+    bench.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the systems that already finished on the same config in the output folder",
+    )
     bench.add_argument(
         "--out", default="bench-runs", help="parent folder of the results (default: bench-runs)"
     )
@@ -277,6 +283,7 @@ def _cmd_bench(args) -> int:
         out=Path(args.out),
         sweep=not args.no_sweep,
         progress=lambda text: console.print(f"[dim]bench:[/dim] {text}"),
+        resume=args.resume,
     )
     table = Table(title=f"fedfm bench: {result['scenario']} ({result['rounds']} rounds)")
     for col in (

@@ -30,6 +30,17 @@ def test_a_system_runs_in_a_child_and_is_measured(tiny_config, tmp_path, system)
     assert row["final_accuracy"] == rounds[-1]["accuracy"]
 
 
+def test_resume_reads_back_a_finished_run_of_the_same_config_only(tiny_config, tmp_path):
+    toml = config_to_toml(tiny_config("federation.rounds=1", "federation.local_steps=1"))
+    first = run_system("fedfm", "fedfm", toml, tmp_path)
+    again = run_system("fedfm", "fedfm", toml, tmp_path, resume=True)
+    assert again == first  # read back, not run: same launch time and memory trace
+    changed = toml.replace("local_steps = 1", "local_steps = 2")
+    assert changed != toml
+    rerun = run_system("fedfm", "fedfm", changed, tmp_path, resume=True)
+    assert rerun.launched > first.launched  # a changed config runs again
+
+
 def test_a_failing_child_is_a_clear_error(tmp_path):
     with pytest.raises(FedFMError, match="failed with exit code"):
         run_system("broken", "fedfm", "[federation]\nrounds = 'x'\n", tmp_path)

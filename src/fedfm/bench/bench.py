@@ -115,8 +115,14 @@ def run_bench(
     out: Path = Path("bench-runs"),
     sweep: bool = True,
     progress=None,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Run the benchmark and write ``bench.json`` and plots into ``out/<scenario>``."""
+    """Run the benchmark and write ``bench.json`` and plots into ``out/<scenario>``.
+
+    With ``resume``, systems that already finished on the same config in ``out/<scenario>`` are
+    read back rather than run again (a benchmark interrupted half-way loses only the system it
+    was running).
+    """
     scenario, path = resolve_scenario(target)
     peers = scenario.peers if peers is None else peers
     for peer in peers:
@@ -152,11 +158,8 @@ def run_bench(
     measured: list[Measured] = []
     for label, system, cfg in plan:
         say(f"running {label} ({cfg.federation.rounds} rounds)")
-        measured.append(
-            run_system(
-                label, system, config_to_toml(replace(cfg, name=f"{cfg.name}-{label}")), workdir
-            )
-        )
+        toml = config_to_toml(replace(cfg, name=f"{cfg.name}-{label}"))
+        measured.append(run_system(label, system, toml, workdir, resume=resume))
     rows = [_summarise(m) for m in measured]
 
     sweep_rows = []
@@ -175,7 +178,7 @@ def run_bench(
                     "data.test_rows=200",
                 ],
             )
-            m = run_system(f"sweep-{n}", "fedfm", config_to_toml(cfg), workdir)
+            m = run_system(f"sweep-{n}", "fedfm", config_to_toml(cfg), workdir, resume=resume)
             sweep_rows.append({"clients": n, "peak_memory_mb": m.peak_tree_mb})
 
     say("measuring the matmul peak and the train step's FLOP rate")

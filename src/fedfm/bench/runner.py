@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +77,23 @@ def run_system(
     workdir: Path,
     python: str = sys.executable,
     timeout: float = 3600,
+    resume: bool = False,
 ) -> Measured:
-    """Run ``system`` on the config in a child process; raise FedFMError if it fails."""
+    """Run ``system`` on the config in a child process; raise FedFMError if it fails.
+
+    With ``resume``, a finished earlier run of the same label on the identical config (its
+    ``<label>.measured.json`` holds the config it ran) is read back instead of run again.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / f"{label}.toml"
     out = workdir / f"{label}.json"
     log = workdir / f"{label}.log"
+    measured_path = workdir / f"{label}.measured.json"
+    if resume:
+        earlier = _earlier(measured_path, out, system, config_toml)
+        if earlier is not None:
+            return earlier
+    measured_path.unlink(missing_ok=True)
     config_path.write_text(config_toml)
     out.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
@@ -113,7 +124,7 @@ def run_system(
         raise FedFMError(
             f"bench: {label} failed with exit code {code}; last lines of {log}:\n{tail}"
         )
-    return Measured(
+    measured = Measured(
         label=label,
         system=system,
         launched=launched,
@@ -123,3 +134,23 @@ def run_system(
         wall_seconds=time.time() - launched,
         memory_trace=sampler.trace,
     )
+    record = {k: v for k, v in asdict(measured).items() if k != "timeline"}
+    tmp = measured_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**record, "config": config_toml}))
+    tmp.replace(measured_path)  # written last: its presence marks a finished run
+    return measured
+
+
+def _earlier(measured_path: Path, out: Path, system: str, config_toml: str) -> Measured | None:
+    """The finished earlier run recorded at ``measured_path``, if it ran ``config_toml``."""
+    if not (measured_path.is_file() and out.is_file()):
+        return None
+    try:
+        record = json.loads(measured_path.read_text())
+        timeline = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.pop("config", None) != config_toml or record.get("system") != system:
+        return None
+    record["memory_trace"] = [tuple(p) for p in record.get("memory_trace", [])]
+    return Measured(**record, timeline=timeline)
