@@ -52,3 +52,53 @@ def tiny_config_module():
         return load_config(None, [*TINY, *overrides])
 
     return make
+
+
+# ---- a tiny generative LM with SmolLM2's tokenizer (causal-LM task, generative teachers) ----
+
+
+def _gguf() -> Path:
+    from fedfm.tasks import models
+
+    return Path(models.resolve_model("smollm2"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """SmolLM2's tokenizer and chat template, read from the packaged GGUF file (metadata only)."""
+    from transformers import AutoTokenizer
+
+    gguf = _gguf()
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+def _save_tiny_lm(tokenizer, out: Path) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,  # tied, a random model repeats the prompt's last token ("\n")
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # special tokens never win: greedy answers of the random model are text
+        model.get_output_embeddings().weight[:17] = 0  # <|endoftext|> … <empty_output>
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tokenizer, tmp_path_factory) -> Path:
+    """A HF folder: a tiny random Llama with SmolLM2's tokenizer."""
+    return _save_tiny_lm(tokenizer, tmp_path_factory.mktemp("tiny-lm"))

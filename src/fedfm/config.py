@@ -110,14 +110,60 @@ def _check_causal_lm(config: ExperimentConfig) -> None:
     )
 
 
+def _check_fm4fl(config: ExperimentConfig) -> None:
+    """The FM-for-FL sections fit together: a teacher where one is needed, classification only."""
+    fm4fl = (
+        config.teacher.type != "none"
+        or config.warmup.source != "none"
+        or config.data.labelled_fraction < 1
+        or config.model.init != "pretrained"
+        or config.model.layers
+    )
+    if fm4fl:
+        check(
+            config.task.type == "classification",
+            "task.type",
+            config.task.type,
+            "'classification' with [teacher], [warmup], data.labelled_fraction or model.init",
+        )
+    if config.warmup.source == "transfer":
+        check(
+            config.teacher.type != "none",
+            "teacher.type",
+            config.teacher.type,
+            "a teacher to label the transfer set of warmup.source = 'transfer'",
+        )
+    if config.teacher.pseudo_label_threshold > 0:
+        check(
+            config.teacher.type != "none",
+            "teacher.type",
+            config.teacher.type,
+            "a teacher for teacher.pseudo_label_threshold > 0",
+        )
+        check(
+            config.data.labelled_fraction < 1,
+            "teacher.pseudo_label_threshold",
+            config.teacher.pseudo_label_threshold,
+            "0 unless data.labelled_fraction < 1 (there are no unlabelled rows to pseudo-label)",
+        )
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """The foundation model: ``minilm`` (packaged all-MiniLM-L6-v2), a local folder or an HF id."""
+    """The foundation model: ``minilm`` (packaged all-MiniLM-L6-v2), a local folder or an HF id.
+
+    ``init = "scratch"`` keeps the architecture but draws fresh random weights (seeded), the
+    baseline that shows what the FM's pre-training buys; ``layers = N`` keeps only the first N
+    transformer layers of an encoder (a smaller student for distillation)."""
 
     name: str = "minilm"
+    init: str = "pretrained"  # pretrained | scratch
+    layers: int = 0  # encoder only: keep the first N transformer layers; 0 = all
 
     def __post_init__(self) -> None:
         check(bool(self.name.strip()), "model.name", self.name, "a non-empty name or path")
+        check_choice("model.init", self.init, ["pretrained", "scratch"])
+        check(self.layers >= 0, "model.layers", self.layers, "0 (all) or a number of layers ≥ 1")
 
 
 @dataclass(frozen=True)
@@ -133,9 +179,28 @@ class DataConfig:
     train_rows: int = 0  # use only the first N training rows (0 = all)
     test_rows: int = 0  # use only the first N test rows (0 = all) for the final evaluation
     eval_rows: int = 1000  # the first N test rows are scored after each round (0 = all)
+    # scarce labels: the share of each client's rows that keep their label (the rest are
+    # unlabelled: unused, or pseudo-labelled by the [teacher] above its threshold)
+    labelled_fraction: float = 1.0
+    # "LABEL=text" per label: what the label means, for the embedding teacher and the
+    # synthetic-data prompts (a label without one stands for itself)
+    descriptions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check(8 <= self.max_length <= 8192, "data.max_length", self.max_length, "8 … 8192")
+        check(
+            0 < self.labelled_fraction <= 1,
+            "data.labelled_fraction",
+            self.labelled_fraction,
+            "0 < fraction ≤ 1",
+        )
+        for item in self.descriptions:
+            check(
+                "=" in item and item.split("=", 1)[0].strip() != "",
+                "data.descriptions",
+                item,
+                "items of the form 'LABEL=description'",
+            )
         for key in ("train_rows", "test_rows", "eval_rows"):
             value = getattr(self, key)
             check(value >= 0, f"data.{key}", value, "0 (all) or a positive number of rows")
@@ -435,6 +500,151 @@ def _strategy_spec_default() -> Any:
 
 
 @dataclass(frozen=True)
+class TeacherConfig:
+    """A foundation model as teacher (FM for FL; see :mod:`fedfm.fm4fl.teacher`).
+
+    ``embedding``: zero-shot by similarity between a text and each label's description
+    (``data.descriptions``) under a sentence-embedding model (default ``minilm``).
+    ``generative``: a chat LM (default ``smollm2``) asked ``instruction`` + the text; white-box
+    reads the next-token logits of each label's answer word (``answers``), black-box parses the
+    generated text. ``run``: a finished fedfm classification run directory (``model`` is its
+    path). ``function``: ``model = "module:callable"``, a black-box ``list[str] -> list[str]``
+    returning label names (e.g. a hosted API).
+    ``access = "black_box"`` uses the predicted label only; ``white_box`` its probabilities.
+    """
+
+    type: str = "none"  # none | embedding | generative | run | function
+    model: str = ""  # "" = minilm (embedding) / smollm2 (generative); run dir; module:callable
+    access: str = "white_box"  # white_box | black_box
+    instruction: str = ""  # generative: the question put before each text
+    answers: tuple[str, ...] = ()  # generative: "LABEL=word" (default: the label's first word)
+    calibrate: bool = True  # divide by the mean prediction over the texts (label-prior fix)
+    temperature: float = 2.0  # distillation temperature for white-box soft targets
+    pseudo_label_threshold: float = 0.0  # > 0: unlabelled client rows at ≥ this confidence
+    max_length: int = 128  # tokens of text the teacher reads
+
+    def __post_init__(self) -> None:
+        check_choice(
+            "teacher.type", self.type, ["none", "embedding", "generative", "run", "function"]
+        )
+        check_choice("teacher.access", self.access, ["white_box", "black_box"])
+        check(
+            self.type not in ("run", "function") or bool(self.model),
+            "teacher.model",
+            self.model,
+            "a run directory (type 'run') or 'module:callable' (type 'function')",
+        )
+        check(
+            self.type != "function" or ":" in self.model,
+            "teacher.model",
+            self.model,
+            "'module:callable' for teacher.type = 'function'",
+        )
+        check(
+            self.type != "function" or self.access == "black_box",
+            "teacher.access",
+            self.access,
+            "'black_box' for teacher.type = 'function' (it returns labels only)",
+        )
+        check(self.temperature > 0, "teacher.temperature", self.temperature, "> 0")
+        check(
+            0 <= self.pseudo_label_threshold <= 1,
+            "teacher.pseudo_label_threshold",
+            self.pseudo_label_threshold,
+            "0 (off) … 1",
+        )
+        check(8 <= self.max_length <= 8192, "teacher.max_length", self.max_length, "8 … 8192")
+        for item in self.answers:
+            check("=" in item, "teacher.answers", item, "items of the form 'LABEL=word'")
+
+
+@dataclass(frozen=True)
+class WarmupConfig:
+    """Server-side training of the global model before round 1 (FM for FL).
+
+    ``transfer``: an unlabelled public table (``data``), labelled by the [teacher] (white-box:
+    distillation on its soft labels; black-box: its pseudo-labels). ``synthetic``: GPT-FL, a
+    labelled set generated by a generative FM ([synthetic]) and verified against the clients'
+    data before use."""
+
+    source: str = "none"  # none | transfer | synthetic
+    data: str = ""  # transfer: a table (TSV/CSV/JSONL) of unlabelled texts
+    text_column: str = "text"
+    offset: int = 0  # transfer: skip the first N rows (e.g. rows the clients hold)
+    rows: int = 2000  # transfer: use at most N rows
+    steps: int = 100
+    batch_size: int = 32
+    lr: float = 0.0  # 0 = federation.lr
+
+    def __post_init__(self) -> None:
+        check_choice("warmup.source", self.source, ["none", "transfer", "synthetic"])
+        check(
+            self.source != "transfer" or bool(self.data),
+            "warmup.data",
+            self.data,
+            "a table of texts for warmup.source = 'transfer'",
+        )
+        check(self.offset >= 0, "warmup.offset", self.offset, "≥ 0")
+        check(self.rows >= 1, "warmup.rows", self.rows, "≥ 1")
+        check(self.steps >= 1, "warmup.steps", self.steps, "≥ 1")
+        check(self.batch_size >= 1, "warmup.batch_size", self.batch_size, "≥ 1")
+        check(self.lr >= 0, "warmup.lr", self.lr, "0 (federation.lr) or > 0")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """GPT-FL synthetic data: label-conditioned prompts to a generative FM (see
+    :mod:`fedfm.fm4fl.synthetic`), then verified (:mod:`fedfm.fm4fl.verify`)."""
+
+    model: str = "smollm2"
+    # a JSONL of {"text", "label"} rows generated elsewhere (e.g. by a larger FM behind an API):
+    # used instead of generating, and verified the same way
+    file: str = ""
+    per_label: int = 100  # samples generated per label
+    prompt: str = "Write one short news article about {description}."  # {label}, {description}
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_new_tokens: int = 64
+    batch_size: int = 16
+    verify: bool = True  # near-duplicate check against client data, quality filters, balance
+    near_duplicate: float = 0.5  # Jaccard similarity (MinHash estimate) that counts as a copy
+    min_words: int = 8
+    max_words: int = 200
+    balance: bool = True  # drop surplus samples to match the clients' label distribution
+
+    def __post_init__(self) -> None:
+        check(1 <= self.per_label <= 100_000, "synthetic.per_label", self.per_label, "1 … 100000")
+        check(
+            "{label}" in self.prompt or "{description}" in self.prompt,
+            "synthetic.prompt",
+            self.prompt,
+            "a prompt containing {label} or {description}",
+        )
+        check(self.temperature > 0, "synthetic.temperature", self.temperature, "> 0")
+        check(0 < self.top_p <= 1, "synthetic.top_p", self.top_p, "0 < top_p ≤ 1")
+        check(
+            1 <= self.max_new_tokens <= 1024,
+            "synthetic.max_new_tokens",
+            self.max_new_tokens,
+            "1 … 1024",
+        )
+        check(self.batch_size >= 1, "synthetic.batch_size", self.batch_size, "≥ 1")
+        check(
+            0 < self.near_duplicate <= 1,
+            "synthetic.near_duplicate",
+            self.near_duplicate,
+            "0 < Jaccard ≤ 1",
+        )
+        check(self.min_words >= 1, "synthetic.min_words", self.min_words, "≥ 1")
+        check(
+            self.max_words >= self.min_words,
+            "synthetic.max_words",
+            self.max_words,
+            f"≥ synthetic.min_words ({self.min_words})",
+        )
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """A whole experiment; ``ExperimentConfig()`` is the built-in default."""
 
@@ -453,6 +663,9 @@ class ExperimentConfig:
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
         check(
@@ -464,6 +677,7 @@ class ExperimentConfig:
         check(0 <= self.seed < 2**32, "seed", self.seed, "0 … 2**32 − 1")
         if self.task.type == "causal_lm":
             _check_causal_lm(self)
+        _check_fm4fl(self)
         if self.federation.mode == "federated" and self.partition.clients:
             check(
                 self.federation.clients_per_round <= self.partition.clients,
@@ -492,6 +706,9 @@ _SECTIONS: dict[str, type] = {
     "secagg": SecAggConfig,
     "attack": AttackConfig,
     "server": ServerConfig,
+    "teacher": TeacherConfig,
+    "warmup": WarmupConfig,
+    "synthetic": SyntheticConfig,
 }
 
 

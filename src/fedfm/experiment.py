@@ -87,6 +87,7 @@ class Prepared:
     malicious: list[str] = field(default_factory=list)
     poisoned: dict[str, ClientData] = field(default_factory=dict)  # data attacks: client → rows
     triggered: tuple[TokenizedText, np.ndarray] | None = None  # backdoor: test rows with trigger
+    fm4fl: dict[str, Any] = field(default_factory=dict)  # scarce-label and warm-up reports
 
 
 def _unique_run_dir(out: Path, name: str) -> Path:
@@ -173,7 +174,8 @@ def prepare(config: ExperimentConfig) -> Prepared:
             config.task.max_new_tokens,
         )
     else:
-        tokenizer, encoder = load_encoder(config.model.name)
+        m = config.model
+        tokenizer, encoder = load_encoder(m.name, m.init, m.layers, config.seed)
         model_loaded_at = time.time()
         key = f"{resolve_model(config.model.name)}|{type(tokenizer).__name__}|{len(tokenizer)}"
         train_tokens = tokenize(train.texts, tokenizer, key, d.max_length)
@@ -200,6 +202,14 @@ def prepare(config: ExperimentConfig) -> Prepared:
         time.perf_counter() - t0,
         model_loaded_at=model_loaded_at,
     )
+    if d.labelled_fraction < 1:
+        from fedfm.fm4fl.pseudo import apply_scarce_labels
+
+        prepared.fm4fl["scarce_labels"] = apply_scarce_labels(prepared)
+    if config.warmup.source != "none":
+        from fedfm.fm4fl.warmup import warm_up
+
+        prepared.fm4fl["warmup"] = warm_up(prepared, tokenizer, key)
     if config.attack.type != "none":
         _prepare_attack(prepared, tokenizer, key)
     return prepared
@@ -437,6 +447,8 @@ def run(
     _write_json(
         run_dir / "partition.json", p.partition.describe(p.train.labels, p.train.label_names)
     )
+    if p.fm4fl:
+        _write_json(run_dir / "fm4fl.json", p.fm4fl)
 
     all_sinks: list[Sink] = [ConsoleSink(enabled=progress), *sinks]
     rows = _read_rows(run_dir / "metrics.jsonl", start_round - 1)
@@ -464,6 +476,7 @@ def _summary_base(p: Prepared, run_dir: Path) -> dict[str, Any]:
         "trainable_params": trainable,
         "total_params": total,
         "startup_seconds": round(p.startup_seconds, 3),
+        **({"fm4fl": p.fm4fl} if p.fm4fl else {}),
         "run_dir": str(run_dir),
     }
 

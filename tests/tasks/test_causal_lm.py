@@ -54,50 +54,6 @@ TINY_LM = [
 ]
 
 
-def _gguf() -> Path:
-    return Path(models.resolve_model("smollm2"))
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    """SmolLM2's tokenizer and chat template, read from the packaged GGUF file (metadata only)."""
-    from transformers import AutoTokenizer
-
-    gguf = _gguf()
-    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-
-
-def _save_tiny_lm(tokenizer, out: Path) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,  # tied, a random model repeats the prompt's last token ("\n")
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():  # special tokens never win: greedy answers of the random model are text
-        model.get_output_embeddings().weight[:17] = 0  # <|endoftext|> … <empty_output>
-    model.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tokenizer, tmp_path_factory) -> Path:
-    """A HF folder: a tiny random Llama with SmolLM2's tokenizer."""
-    return _save_tiny_lm(tokenizer, tmp_path_factory.mktemp("tiny-lm"))
-
-
 # ---- exact match ------------------------------------------------------------------------------
 
 
@@ -354,7 +310,7 @@ def test_tiny_causal_lm_run_resumes_to_the_same_state(tiny_lm, tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_converts_once_then_loads_without_gguf_and_tunes(tmp_path, capsys, monkeypatch):
-    gguf = _gguf()
+    gguf = Path(models.resolve_model("smollm2"))
     folder = models.gguf_to_folder(gguf)  # the real conversion (the session's cache is empty)
     assert folder.parent.parent == cache_dir()
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {

@@ -42,7 +42,8 @@ def build_client_app(
     )
     if len(data) < 1:
         raise DataError(f"--data {str(train_file)!r} has no rows")
-    tokenizer, encoder = load_encoder(config.model.name)
+    m = config.model
+    tokenizer, encoder = load_encoder(m.name, m.init, m.layers, config.seed)
     key = f"{resolve_model(config.model.name)}|{type(tokenizer).__name__}|{len(tokenizer)}"
     tokens = tokenize(data.texts, tokenizer, key, d.max_length)
     method = METHODS.get(METHODS.name_of(type(config.method)))(config.method)

@@ -68,6 +68,9 @@ def check_servable(config: ExperimentConfig) -> None:
         (config.attack.type != "none", f"attack.type = {config.attack.type!r}", "attacks"),
         (config.privacy.audit, "privacy.audit = true", "the membership audit"),
         (STRATEGIES.name_of(type(config.strategy)) == "fltrust", "strategy fltrust", "FLTrust"),
+        (config.warmup.source != "none", f"warmup.source = {config.warmup.source!r}", "warm-up"),
+        (config.teacher.type != "none", f"teacher.type = {config.teacher.type!r}", "a teacher"),
+        (config.data.labelled_fraction < 1, "data.labelled_fraction < 1", "scarce labels"),
     ]
     for bad, key, what in refusals:
         if bad:
@@ -89,7 +92,8 @@ def _server_prepared(config: ExperimentConfig, client_ids: list[str]) -> Prepare
         d.test_rows,
         "data.test",
     )
-    tokenizer, encoder = load_encoder(config.model.name)
+    m = config.model
+    tokenizer, encoder = load_encoder(m.name, m.init, m.layers, config.seed)
     loaded = time.time()
     key = f"{resolve_model(config.model.name)}|{type(tokenizer).__name__}|{len(tokenizer)}"
     test_tokens = tokenize(test.texts, tokenizer, key, d.max_length)

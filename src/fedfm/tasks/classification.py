@@ -65,6 +65,7 @@ class ClassificationTask(SharedStateTask):
             wrapped = method.wrap(encoder)
         self.model = TextClassifier(wrapped, hidden, num_labels, method.prefix_tokens())
         self.pad_id = int(tokenizer.pad_token_id)
+        self.temperature = 1.0  # of the distillation loss on soft targets
         # The shared tensors: exactly the trainable parameters, in model order.
         self.shared = OrderedDict(
             (n, p) for n, p in self.model.named_parameters() if p.requires_grad
@@ -72,9 +73,18 @@ class ClassificationTask(SharedStateTask):
 
     # ---- compute ------------------------------------------------------------------------------
     def loss(self, tokens: TokenizedText, labels: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        """Cross-entropy against class indices (``labels`` 1-D), or knowledge distillation
+        against a teacher's soft targets (``labels`` 2-D, one probability row per example):
+        ``T² · CE(targets, softmax(logits / T))`` with ``T = self.temperature`` (Hinton et al.;
+        the targets are already tempered, see :func:`fedfm.fm4fl.warmup.temper`)."""
         input_ids, mask = tokens.batch(rows, self.pad_id)
         with self.autocast():
             logits = self.model(input_ids, mask)
+        if labels.ndim == 2:
+            t = self.temperature
+            log_p = F.log_softmax(logits.float() / t, dim=-1)
+            targets = torch.from_numpy(labels[rows]).float()
+            return -(targets * log_p).sum(-1).mean() * t * t
         return F.cross_entropy(logits.float(), torch.from_numpy(labels[rows]))
 
     @torch.inference_mode()
@@ -150,9 +160,11 @@ def load_exported(run_dir: Path):
     config = load_config(run_dir / "config.toml")
     method = METHODS.get(METHODS.name_of(type(config.method)))(config.method)
     export = run_dir / ("adapter" if method.is_peft else "model")
-    tokenizer, encoder = load_encoder(
-        str(export) if (export / "config.json").is_file() else config.model.name
-    )
+    if (export / "config.json").is_file():  # a full fine-tune: the encoder as trained
+        tokenizer, encoder = load_encoder(str(export))
+    else:  # the same base the run adapted (a scratch base is re-drawn from the run's seed)
+        m = config.model
+        tokenizer, encoder = load_encoder(m.name, m.init, m.layers, config.seed)
     if method.is_peft:
         from peft import PeftModel
 

@@ -65,11 +65,17 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load_encoder(name: str):
-    """``(tokenizer, encoder)`` of a HF encoder model (e.g. BERT-like), loaded in float32."""
+def load_encoder(name: str, init: str = "pretrained", layers: int = 0, seed: int = 0):
+    """``(tokenizer, encoder)`` of a HF encoder model (e.g. BERT-like), loaded in float32.
+
+    ``init = "scratch"``: the same architecture with fresh random weights drawn under ``seed``
+    (the model's own initialisation), for the from-scratch baseline. ``layers = N``: keep only
+    the first N transformer layers (a smaller student).
+    """
     import warnings
 
-    from transformers import AutoModel, AutoTokenizer
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     _quiet_transformers()
     where = resolve_model(name)
@@ -77,7 +83,11 @@ def load_encoder(name: str):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             tokenizer = AutoTokenizer.from_pretrained(where)
-            encoder = AutoModel.from_pretrained(where)
+            if init == "scratch":
+                torch.manual_seed(seed)
+                encoder = AutoModel.from_config(AutoConfig.from_pretrained(where))
+            else:
+                encoder = AutoModel.from_pretrained(where)
     except (OSError, ValueError) as e:
         raise ModelError(
             f"model.name = {name!r} could not be loaded from {where!r}: {str(e).splitlines()[0]} "
@@ -85,7 +95,28 @@ def load_encoder(name: str):
         ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if layers:
+        _keep_layers(encoder, layers, name)
     return tokenizer, encoder
+
+
+def _keep_layers(encoder, layers: int, name: str) -> None:
+    """Truncate a BERT-like encoder (``encoder.encoder.layer``) to its first ``layers`` layers."""
+    import torch
+
+    stack = getattr(getattr(encoder, "encoder", None), "layer", None)
+    if not isinstance(stack, torch.nn.ModuleList):
+        raise ModelError(
+            f"model.layers = {layers} needs a BERT-like encoder (encoder.layer); "
+            f"model.name = {name!r} is a {type(encoder).__name__}"
+        )
+    if layers > len(stack):
+        raise ModelError(
+            f"model.layers = {layers} is not allowed; allowed: 1 … {len(stack)} "
+            f"(the layers of {name!r})"
+        )
+    encoder.encoder.layer = stack[:layers]
+    encoder.config.num_hidden_layers = layers
 
 
 # ---- causal language models ---------------------------------------------------------------------
