@@ -99,7 +99,9 @@ def test_generative_teacher_white_and_black_box(tiny_lm, news):
     probs = white.predict(news.texts[:5])
     assert probs.shape == (5, 4) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
 
-    black = t.build_teacher(load_config(None, [*base, "teacher.access=black_box"]), news.label_names)
+    black = t.build_teacher(
+        load_config(None, [*base, "teacher.access=black_box"]), news.label_names
+    )
     rows = black.predict(news.texts[:3])
     assert set(np.unique(rows)) <= {0.0, 1.0} and (rows.sum(1) <= 1).all()
     assert black.parse(" Sports.") == 2 and black.parse("It is about sci stuff") == 1
