@@ -111,6 +111,14 @@ def _parser() -> argparse.ArgumentParser:
         help="reuse the systems that already finished on the same config in the output folder",
     )
     bench.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key for every system, e.g. --set runtime.threads=1",
+    )
+    bench.add_argument(
         "--out", default="bench-runs", help="parent folder of the results (default: bench-runs)"
     )
 
@@ -284,6 +292,7 @@ def _cmd_bench(args) -> int:
         sweep=not args.no_sweep,
         progress=lambda text: console.print(f"[dim]bench:[/dim] {text}"),
         resume=args.resume,
+        overrides=tuple(args.overrides),
     )
     table = Table(title=f"fedfm bench: {result['scenario']} ({result['rounds']} rounds)")
     for col in (

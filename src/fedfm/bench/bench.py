@@ -75,6 +75,11 @@ def _summarise(m: Measured) -> dict[str, Any]:
     }
 
 
+def rounds_to(accuracy: list[float | None], target: float) -> int | None:
+    """The first round (1-based) whose accuracy reaches ``target``; None if none does."""
+    return next((i for i, a in enumerate(accuracy, 1) if a is not None and a >= target), None)
+
+
 def _ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     ours = next(r for r in rows if r["system"] == "fedfm")
     out = {}
@@ -116,12 +121,13 @@ def run_bench(
     sweep: bool = True,
     progress=None,
     resume: bool = False,
+    overrides: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run the benchmark and write ``bench.json`` and plots into ``out/<scenario>``.
 
     With ``resume``, systems that already finished on the same config in ``out/<scenario>`` are
     read back rather than run again (a benchmark interrupted half-way loses only the system it
-    was running).
+    was running). ``overrides`` (``--set``) apply to every system, after the scenario's.
     """
     scenario, path = resolve_scenario(target)
     peers = scenario.peers if peers is None else peers
@@ -144,14 +150,15 @@ def run_bench(
         *(scenario.quick_overrides if quick else ()),
         f"federation.rounds={rounds}",
     ]
-    config = load_config(path, extra)
+    config = load_config(path, [*extra, *overrides])
     workdir = out / scenario.name
     workdir.mkdir(parents=True, exist_ok=True)
 
     plan: list[tuple[str, str, Any]] = [("fedfm", "fedfm", config)]
-    for label, overrides in scenario.variants.items():
+    for label, variant in scenario.variants.items():
         if not quick or label in (scenario.quick_variants or ()):
-            plan.append((label, "fedfm", load_config(path, merge_overrides(extra, overrides))))
+            merged = [*merge_overrides(extra, variant), *overrides]
+            plan.append((label, "fedfm", load_config(path, merged)))
     plan += [(peer, peer, config) for peer in peers]
 
     say = progress or (lambda text: None)
@@ -161,6 +168,10 @@ def run_bench(
         toml = config_to_toml(replace(cfg, name=f"{cfg.name}-{label}"))
         measured.append(run_system(label, system, toml, workdir, resume=resume))
     rows = [_summarise(m) for m in measured]
+    if scenario.target_accuracy is not None:
+        for row in rows:
+            row["target_accuracy"] = scenario.target_accuracy
+            row["rounds_to_target"] = rounds_to(row["accuracy"], scenario.target_accuracy)
 
     sweep_rows = []
     if sweep and scenario.sweep_clients:

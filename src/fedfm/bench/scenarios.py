@@ -37,6 +37,26 @@ SST2_LORA = [
 ]
 
 
+# What AG News's labels mean, for the zero-shot embedding teacher and the synthetic-data prompts.
+AGNEWS_DESCRIPTIONS = (
+    "data.descriptions=["
+    '"World=World news: politics, war, elections and international affairs",'
+    '"Sports=Sports news: games, teams, players and matches",'
+    '"Business=Business news: companies, markets, stocks and the economy",'
+    '"Sci/Tech=Science and technology news: computers, software, internet and research"]'
+)
+# An unlabelled public transfer set for distillation: AG News test rows 2,000–3,999, which no
+# client holds and which lie outside the first 1,000 test rows that are scored.
+AGNEWS_TRANSFER = (
+    "warmup.source=transfer",
+    "warmup.data=${FEDFM_DATA}/agnews/test.tsv",
+    "warmup.offset=2000",
+    "warmup.rows=2000",
+    "warmup.steps=100",
+)
+EMBEDDING_TEACHER = ("teacher.type=embedding", AGNEWS_DESCRIPTIONS)
+
+
 @dataclass(frozen=True)
 class Scenario:
     """A named benchmark: the config overrides, rounds, and the variants of fedfm to compare."""
@@ -52,6 +72,7 @@ class Scenario:
     sweep_clients: tuple[int, ...] = (10, 100, 1000)
     peers: tuple[str, ...] = ("plain", "flower")  # compared systems unless --peers says otherwise
     quick_variants: tuple[str, ...] | None = None  # variants kept by --quick (None: none)
+    target_accuracy: float | None = None  # rows report the first round that reaches it
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -99,6 +120,7 @@ SCENARIOS: dict[str, Scenario] = {
             "topk+EF": ("codec.up=['delta','topk:0.1']",),
             "residual+int8": ("codec.up=['residual','int8']",),
             "ffa-lora": ("method.freeze_a=true",),
+            "ffa+int4": ("method.freeze_a=true", "codec.up=['delta','int4:block=64']"),
         },
         sweep_clients=(),
         peers=(),
@@ -196,5 +218,95 @@ SCENARIOS: dict[str, Scenario] = {
         sweep_clients=(),
         peers=(),
         quick_variants=("int8",),
+    ),
+    # FM for FL, the FM as starting point: the same small model (MiniLM's first 2 layers, all
+    # weights trained) from the FM's weights or from scratch, under label skew and IID.
+    "fm4fl-init": Scenario(
+        name="fm4fl-init",
+        description="MiniLM-L2 full fine-tuning from the FM's weights vs from scratch, non-IID/IID",
+        overrides=(
+            *(o for o in AGNEWS_LORA if not o.startswith("method.")),
+            "method.type=full",
+            "model.layers=2",
+            "federation.lr=2e-4",
+        ),
+        rounds=6,
+        quick_rounds=2,
+        quick_overrides=("federation.local_steps=5",),
+        variants={
+            "scratch": ("model.init=scratch",),
+            "pretrained-iid": ("partition.scheme=iid",),
+            "scratch-iid": ("model.init=scratch", "partition.scheme=iid"),
+        },
+        sweep_clients=(),
+        peers=(),
+        quick_variants=("scratch",),
+        target_accuracy=0.7,
+    ),
+    # FM for FL, the FM as teacher: a zero-shot FM (MiniLM-L6 by label-description similarity)
+    # distilled at the server into a smaller student (MiniLM's first 2 layers + LoRA) on an
+    # unlabelled transfer set, white-box (soft labels) or black-box (its labels only); the
+    # student is then federated.
+    "fm4fl-kd": Scenario(
+        name="fm4fl-kd",
+        description="MiniLM-L2 student: FL alone vs after white-/black-box distillation of an FM",
+        overrides=(*AGNEWS_LORA, "model.layers=2"),
+        rounds=6,
+        quick_rounds=2,
+        quick_overrides=("federation.local_steps=5",),
+        variants={
+            "kd-white-box": (*EMBEDDING_TEACHER, *AGNEWS_TRANSFER),
+            "kd-black-box": (*EMBEDDING_TEACHER, "teacher.access=black_box", *AGNEWS_TRANSFER),
+        },
+        sweep_clients=(),
+        peers=(),
+        quick_variants=("kd-white-box",),
+        target_accuracy=0.8,
+    ),
+    # FM for FL, the FM as data generator (GPT-FL): SmolLM2 writes 100 articles per label, they
+    # are checked against the clients' rows (MinHash counts), filtered and balanced, the server
+    # trains on them, then the clients fine-tune.
+    "fm4fl-gptfl": Scenario(
+        name="fm4fl-gptfl",
+        description="GPT-FL: server warm-up on verified SmolLM2-generated articles, then FL",
+        overrides=tuple(AGNEWS_LORA),
+        rounds=6,
+        quick_rounds=2,
+        quick_overrides=("federation.local_steps=5", "synthetic.per_label=16"),
+        variants={
+            "gpt-fl": (
+                AGNEWS_DESCRIPTIONS,
+                "warmup.source=synthetic",
+                "warmup.steps=100",
+                "synthetic.per_label=100",
+            ),
+        },
+        sweep_clients=(),
+        peers=(),
+        quick_variants=("gpt-fl",),
+        target_accuracy=0.8,
+    ),
+    # Scarce labels: clients keep 5% of their labels; an FM adds confident pseudo-labels, or
+    # warms the model up by distillation first.
+    "fm4fl-scarce": Scenario(
+        name="fm4fl-scarce",
+        description="5% labelled rows: labelled only vs FM pseudo-labels vs distillation warm-up",
+        overrides=(*AGNEWS_LORA, "data.labelled_fraction=0.05"),
+        rounds=6,
+        quick_rounds=2,
+        quick_overrides=("federation.local_steps=5",),
+        variants={
+            "pseudo-labels": (*EMBEDDING_TEACHER, "teacher.pseudo_label_threshold=0.7"),
+            "kd-warmup": (*EMBEDDING_TEACHER, *AGNEWS_TRANSFER),
+            "kd+pseudo": (
+                *EMBEDDING_TEACHER,
+                *AGNEWS_TRANSFER,
+                "teacher.pseudo_label_threshold=0.7",
+            ),
+        },
+        sweep_clients=(),
+        peers=(),
+        quick_variants=("pseudo-labels",),
+        target_accuracy=0.8,
     ),
 }

@@ -23,6 +23,7 @@ EXTRA_SUMMARY_KEYS = (
     "mia_auc",
     "final_attack_success_rate",
     "noise_multiplier",
+    "fm4fl",
 )
 
 
