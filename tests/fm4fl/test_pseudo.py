@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedfm.bench.scenarios import AGNEWS_DESCRIPTIONS
 from fedfm.config import load_config
 from fedfm.errors import ConfigError
 from fedfm.experiment import prepare
 from fedfm.fm4fl.pseudo import labelled_rows
-from tests.fm4fl.test_teacher import AGNEWS_DESCRIPTIONS
 
 
 def test_labelled_rows_are_a_seeded_disjoint_split_of_each_client():

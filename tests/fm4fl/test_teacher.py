@@ -6,19 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedfm.bench.scenarios import AGNEWS_DESCRIPTIONS
 from fedfm.config import load_config
 from fedfm.data.table import load_labelled_text
 from fedfm.errors import ConfigError, ModelError
 from fedfm.fm4fl import teacher as t
 from tests.conftest import DATA
-
-AGNEWS_DESCRIPTIONS = (
-    "data.descriptions=["
-    '"World=World news: politics, war, elections and international affairs",'
-    '"Sports=Sports news: games, teams, players and matches",'
-    '"Business=Business news: companies, markets, stocks and the economy",'
-    '"Sci/Tech=Science and technology news: computers, software, internet and research"]'
-)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from fedfm.bench.scenarios import AGNEWS_DESCRIPTIONS
 from fedfm.client.trainer import Trainer
 from fedfm.data.table import load_labelled_text
 from fedfm.errors import DataError
@@ -15,7 +16,6 @@ from fedfm.experiment import prepare
 from fedfm.fm4fl import synthetic
 from fedfm.fm4fl.warmup import temper
 from tests.conftest import DATA
-from tests.fm4fl.test_teacher import AGNEWS_DESCRIPTIONS
 
 TRANSFER = [
     "runtime.threads=1",
