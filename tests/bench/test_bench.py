@@ -108,3 +108,10 @@ def test_every_scenario_variant_is_a_valid_config():
         None, merge_overrides(["method.type=lora", "method.r=4"], ["method.type=prompt"])
     )
     assert not hasattr(prompt.method, "r")
+
+
+def test_rounds_to_target_is_the_first_round_that_reaches_it():
+    from fedfm.bench.bench import rounds_to
+
+    assert rounds_to([0.5, None, 0.81, 0.79, 0.9], 0.8) == 3
+    assert rounds_to([0.5, 0.6], 0.8) is None
