@@ -1,5 +1,5 @@
-"""The ``fedfm`` command line: ``fedfm run | config | report | generate | bench | serve | join |
-certs``.
+"""The ``fedfm`` command line: ``fedfm run | config | report | generate | synthesize | bench |
+serve | join | certs``.
 
 Errors of the FedFMError hierarchy print one line and exit with code 2; ``--debug`` shows the
 traceback.
@@ -25,6 +25,7 @@ EPILOG = """examples:
   fedfm report runs/agnews-lora              rebuild report.html from a run directory
   fedfm run configs/agnews_instruct.toml     federated instruction tuning of SmolLM2 (causal LM)
   fedfm generate runs/agnews-instruct --prompt "Which topic is ...?"   answer with a tuned LM
+  fedfm synthesize configs/fm4fl_gptfl.toml  GPT-FL data: generate, verify, write for review
   fedfm bench --quick --peers plain          fedfm against a plain PyTorch loop, in minutes
   fedfm certs certs/                         test CA + server certificate for TLS
   fedfm serve configs/network.toml           serve an experiment to network clients
@@ -203,6 +204,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="at most N generated tokens (default: 64)",
     )
+
+    syn = sub.add_parser(
+        "synthesize",
+        help="generate a config's synthetic data set (GPT-FL) and verify it, without training",
+        description="Generate the labelled set that [synthetic] describes (or read "
+        "synthetic.file), run the checks against the config's clients (quality, duplicates, "
+        "near-copies of client rows from per-sample MinHash counts, label balance), and write "
+        "OUT/synthetic.jsonl (every sample, with 'kept' and the reason it was dropped) and "
+        "OUT/report.json. The generated set is cached: a later `fedfm run` reuses it.",
+    )
+    syn.add_argument("config", nargs="?", help="experiment config (TOML); omit for the default")
+    syn.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
+    )
+    syn.add_argument("--out", default="synthetic", help="output folder (default: synthetic)")
 
     rep = sub.add_parser(
         "report",
@@ -422,11 +438,54 @@ def _cmd_certs(args) -> int:
     return 0
 
 
+def _cmd_synthesize(args) -> int:
+    from rich.progress import Progress
+
+    from fedfm.config import load_config
+    from fedfm.experiment import load_labelled, split
+    from fedfm.fm4fl.synthetic import verified
+
+    config = load_config(args.config, args.overrides)
+    if config.task.type != "classification":
+        raise FedFMError("fedfm synthesize: synthetic data are for task.type = 'classification'")
+    train, _ = load_labelled(config)
+    part = split(config, train)
+    out = Path(args.out)
+    with Progress(transient=True) as bar:
+        job = bar.add_task("generating", total=None)
+        generated, checked = verified(
+            config, train, part, lambda done, total: bar.update(job, completed=done, total=total)
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    reasons = checked.reasons if checked is not None else [None] * len(generated.texts)
+    rows = [
+        {"text": text, "label": train.label_names[label], "kept": why is None, "dropped": why}
+        for text, label, why in zip(generated.texts, generated.labels, reasons, strict=True)
+    ]
+    report = {
+        "generated_file": str(generated.path),
+        **(checked.report if checked is not None else {"generated": len(rows), "kept": len(rows)}),
+    }
+    for name, text in (
+        ("synthetic.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)),
+        ("report.json", json.dumps(report, indent=2) + "\n"),
+    ):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out / name)
+    print(f"{report['kept']} of {len(rows)} samples kept", end="")
+    if checked is not None:
+        print(f"; dropped: {checked.report['dropped']}", end="")
+    print(f"\nwritten: {out / 'synthetic.jsonl'}, {out / 'report.json'}")
+    return 0
+
+
 COMMANDS = {
     "run": _cmd_run,
     "config": _cmd_config,
     "report": _cmd_report,
     "generate": _cmd_generate,
+    "synthesize": _cmd_synthesize,
     "bench": _cmd_bench,
     "serve": _cmd_serve,
     "join": _cmd_join,

@@ -135,29 +135,8 @@ def prepare(config: ExperimentConfig) -> Prepared:
     if causal_lm:
         train, test = _load_instructions(config)
     else:
-        train = load_labelled_text(
-            resolve_path(d.train),
-            d.text_column,
-            d.label_column,
-            d.labels or None,
-            d.train_rows,
-            "data.train",
-        )
-        _check_labels(train)
-        test = load_labelled_text(
-            resolve_path(d.test),
-            d.text_column,
-            d.label_column,
-            train.label_names,
-            d.test_rows,
-            "data.test",
-        )
-    if config.federation.mode == "centralized":
-        part = Partition(
-            ["pooled"], [np.arange(len(train))], notes=["centralized: all rows pooled"]
-        )
-    else:
-        part = partition(train.labels, train.columns, config.partition, config.seed)
+        train, test = load_labelled(config)
+    part = split(config, train)
     method = METHODS.get(METHODS.name_of(type(config.method)))(config.method)
     if causal_lm:
         tokenizer, model = load_causal_lm(config.model.name, config.federation.precision)
@@ -213,6 +192,38 @@ def prepare(config: ExperimentConfig) -> Prepared:
     if config.attack.type != "none":
         _prepare_attack(prepared, tokenizer, key)
     return prepared
+
+
+def load_labelled(config: ExperimentConfig) -> tuple[LabelledText, LabelledText]:
+    """The classification data of ``config``: (train, test), checked, test in train's labels."""
+    d = config.data
+    train = load_labelled_text(
+        resolve_path(d.train),
+        d.text_column,
+        d.label_column,
+        d.labels or None,
+        d.train_rows,
+        "data.train",
+    )
+    _check_labels(train)
+    test = load_labelled_text(
+        resolve_path(d.test),
+        d.text_column,
+        d.label_column,
+        train.label_names,
+        d.test_rows,
+        "data.test",
+    )
+    return train, test
+
+
+def split(config: ExperimentConfig, train: LabelledText | Instructions) -> Partition:
+    """The clients' rows: ``[partition]``, or one pooled client for centralized training."""
+    if config.federation.mode == "centralized":
+        return Partition(
+            ["pooled"], [np.arange(len(train))], notes=["centralized: all rows pooled"]
+        )
+    return partition(train.labels, train.columns, config.partition, config.seed)
 
 
 def _load_instructions(config: ExperimentConfig) -> tuple[Instructions, Instructions]:

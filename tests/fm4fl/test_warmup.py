@@ -119,3 +119,27 @@ def test_generation_is_seeded_and_cached(tiny_config, tiny_lm, monkeypatch):
     monkeypatch.setattr(models, "load_causal_lm", no_model)
     assert synthetic.generate(config, names).texts == first.texts
     assert synthetic.prompts(config, names)[2] == "Write one short news article about Sports."
+
+
+def test_synthesize_writes_every_sample_with_its_verdict(tmp_path, capsys):
+    from fedfm.cli import main
+    from tests.conftest import TINY
+
+    train = load_labelled_text(DATA / "agnews" / "train.tsv", "text", "label", None, 0, "t")
+    rows = [
+        {"text": train.texts[i], "label": train.label_names[train.labels[i]]}
+        for i in (9000, 9001, 9002, 3)  # row 3 is a client's (clients hold the first 800)
+    ]
+    rows.append({"text": "Short.", "label": "World"})
+    path = tmp_path / "set.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    argv = ["synthesize", "--out", str(out), "--set", f"synthetic.file={path}"]
+    argv += [x for o in TINY for x in ("--set", o)]
+    assert main([*argv, "--set", "synthetic.balance=false"]) == 0
+    written = [json.loads(line) for line in (out / "synthetic.jsonl").read_text().splitlines()]
+    assert [w["dropped"] for w in written] == [None, None, None, "memorised", "quality:too_short"]
+    assert [w["kept"] for w in written] == [True, True, True, False, False]
+    report = json.loads((out / "report.json").read_text())
+    assert report["kept"] == 3 and report["dropped"]["memorised"] == 1
+    assert "3 of 5 samples kept" in capsys.readouterr().out

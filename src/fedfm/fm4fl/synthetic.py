@@ -156,3 +156,40 @@ def read_set(path: Path, label_names: Sequence[str]) -> SyntheticSet:
         texts.append(str(text))
         labels.append(list(label_names).index(label))
     return SyntheticSet(texts, labels, path)
+
+
+def verified(
+    config: ExperimentConfig,
+    train,
+    partition,
+    progress: Callable[[int, int], None] | None = None,
+):
+    """``(SyntheticSet, Verified | None)``: the set of ``config``, checked against the clients'
+    rows (``partition`` of ``train``) by :func:`fedfm.fm4fl.verify.verify` unless
+    ``synthetic.verify`` is off."""
+    import numpy as np
+
+    from fedfm.fm4fl.verify import verify
+
+    s = config.synthetic
+    generated = generate(config, train.label_names, progress)
+    if not s.verify:
+        return generated, None
+    ids = partition.client_ids
+    clients = {cid: [train.texts[i] for i in partition.indices[k]] for k, cid in enumerate(ids)}
+    histograms = {
+        cid: np.bincount(train.labels[partition.indices[k]], minlength=len(train.label_names))
+        for k, cid in enumerate(ids)
+    }
+    checked = verify(
+        generated.texts,
+        np.asarray(generated.labels, dtype=np.int64),
+        prompts(config, train.label_names),
+        clients,
+        histograms,
+        near_duplicate=s.near_duplicate,
+        min_words=s.min_words,
+        max_words=s.max_words,
+        balance=s.balance,
+    )
+    return generated, checked

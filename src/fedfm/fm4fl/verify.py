@@ -88,6 +88,9 @@ def quality_reason(text: str, prompt: str, min_words: int, max_words: int) -> st
 class Verified:
     keep: np.ndarray  # indices of the kept samples, in order
     report: dict = field(default_factory=dict)
+    # per generated sample: None (kept) or why it was dropped ("quality:too_short",
+    # "duplicate", "memorised", "balance")
+    reasons: list[str | None] = field(default_factory=list)
 
 
 def total_variation(p: np.ndarray, q: np.ndarray) -> float:
@@ -132,6 +135,7 @@ def verify(
     n_labels = len(label_prompts)
     dropped = {"quality": 0, "duplicate": 0, "memorised": 0, "balance": 0}
     reasons: dict[str, int] = {}
+    why: list[str | None] = [None] * len(texts)
     keep: list[int] = []
     for i, text in enumerate(texts):
         reason = quality_reason(text, label_prompts[labels[i]], min_words, max_words)
@@ -140,6 +144,7 @@ def verify(
         else:
             dropped["quality"] += 1
             reasons[reason] = reasons.get(reason, 0) + 1
+            why[i] = f"quality:{reason}"
 
     sigs = signatures([texts[i] for i in keep])
     seen = MinHashLSH(threshold=near_duplicate, num_perm=NUM_PERM)
@@ -149,6 +154,7 @@ def verify(
     for i, sig in zip(keep, sigs, strict=True):
         if any(seen_sigs[k].jaccard(sig) >= near_duplicate for k in seen.query(sig)):
             dropped["duplicate"] += 1
+            why[i] = "duplicate"
             continue
         seen.insert(str(i), sig, check_duplication=False)
         seen_sigs[str(i)] = sig
@@ -160,6 +166,9 @@ def verify(
         matches += client_match_counts(clients[cid], unique_sigs, near_duplicate)
     memorised = matches > 0
     dropped["memorised"] = int(memorised.sum())
+    for i, m in zip(unique, memorised, strict=True):
+        if m:
+            why[i] = "memorised"
     kept = np.array([i for i, m in zip(unique, memorised, strict=True) if not m], dtype=np.int64)
 
     target = np.zeros(n_labels, dtype=np.float64)
@@ -169,6 +178,8 @@ def verify(
     if balance and len(kept):
         balanced_keep = balanced(labels, kept, target)
         dropped["balance"] = len(kept) - len(balanced_keep)
+        for i in sorted(set(kept.tolist()) - set(balanced_keep.tolist())):
+            why[i] = "balance"
         kept = balanced_keep
     after = np.bincount(labels[kept], minlength=n_labels) if len(kept) else np.zeros(n_labels)
     report = {
@@ -182,4 +193,4 @@ def verify(
         "label_tv_before_balance": total_variation(before.astype(float), target),
         "label_tv_after": total_variation(after.astype(float), target),
     }
-    return Verified(kept, report)
+    return Verified(kept, report, why)

@@ -88,32 +88,13 @@ def transfer_set(p: Prepared) -> tuple[list[str], np.ndarray, dict[str, Any]]:
 
 def synthetic_set(p: Prepared) -> tuple[list[str], np.ndarray, dict[str, Any]]:
     """The verified synthetic set and its labels."""
-    from fedfm.fm4fl.synthetic import generate, prompts
-    from fedfm.fm4fl.verify import verify
+    from fedfm.fm4fl.synthetic import verified
 
-    c, s = p.config, p.config.synthetic
-    generated = generate(c, p.train.label_names)
+    generated, checked = verified(p.config, p.train, p.partition)
     labels = np.asarray(generated.labels, dtype=np.int64)
     info: dict[str, Any] = {"synthetic_file": str(generated.path)}
-    if not s.verify:
+    if checked is None:
         return generated.texts, labels, {**info, "generated": len(labels), "kept": len(labels)}
-    ids = p.partition.client_ids
-    clients = {cid: [p.train.texts[i] for i in p.partition.indices[k]] for k, cid in enumerate(ids)}
-    histograms = {
-        cid: np.bincount(p.train.labels[p.partition.indices[k]], minlength=len(p.train.label_names))
-        for k, cid in enumerate(ids)
-    }
-    checked = verify(
-        generated.texts,
-        labels,
-        prompts(c, p.train.label_names),
-        clients,
-        histograms,
-        near_duplicate=s.near_duplicate,
-        min_words=s.min_words,
-        max_words=s.max_words,
-        balance=s.balance,
-    )
     if not len(checked.keep):
         raise DataError(
             f"synthetic data: all {len(labels)} generated samples were dropped by the checks "
