@@ -55,8 +55,26 @@ def _cache_key(p: Prepared) -> str:
         "method": [type(c.method).__name__, dataclasses.asdict(c.method)],
         "train": [f.lr, f.optimizer, f.weight_decay, f.precision, f.length_grouping],
     }
+    identity["files"] = [_stamp(x) for x in (c.data.train, c.data.test, c.warmup.data)]
+    identity["files"] += [_stamp(x) for x in (c.synthetic.file, c.teacher.model)]
     blob = json.dumps(identity, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def _stamp(path: str) -> list:
+    """A configured path as the cache key sees it: resolved, with size and modification time
+    (the same config over other data, or a changed file, warms up anew)."""
+    from fedfm.config import resolve_path
+
+    if not path:
+        return []
+    resolved = resolve_path(path)
+    if resolved.is_dir():  # a teacher run directory: its summary marks when it finished
+        resolved = resolved / "summary.json"
+    if not resolved.exists():
+        return [str(resolved)]
+    stat = resolved.stat()
+    return [str(resolved.resolve()), stat.st_size, stat.st_mtime_ns]
 
 
 def transfer_set(p: Prepared) -> tuple[list[str], np.ndarray, dict[str, Any]]:
