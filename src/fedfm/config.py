@@ -614,11 +614,18 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         check(1 <= self.per_label <= 100_000, "synthetic.per_label", self.per_label, "1 … 100000")
+        import string
+
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(self.prompt) if f is not None}
+        except ValueError:
+            fields = {"?"}
         check(
-            "{label}" in self.prompt or "{description}" in self.prompt,
+            bool(fields) and fields <= {"label", "description"},
             "synthetic.prompt",
             self.prompt,
-            "a prompt containing {label} or {description}",
+            "a prompt with {label} and/or {description} and no other {fields} "
+            "(write a literal brace as {{ or }})",
         )
         check(self.temperature > 0, "synthetic.temperature", self.temperature, "> 0")
         check(0 < self.top_p <= 1, "synthetic.top_p", self.top_p, "0 < top_p ≤ 1")

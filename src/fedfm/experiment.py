@@ -88,6 +88,8 @@ class Prepared:
     poisoned: dict[str, ClientData] = field(default_factory=dict)  # data attacks: client → rows
     triggered: tuple[TokenizedText, np.ndarray] | None = None  # backdoor: test rows with trigger
     fm4fl: dict[str, Any] = field(default_factory=dict)  # scarce-label and warm-up reports
+    all_rows: Partition | None = None  # scarce labels: every row the clients hold
+    labelled_rows: list[np.ndarray] | None = None  # scarce labels: the rows with a true label
 
 
 def _unique_run_dir(out: Path, name: str) -> Path:

@@ -43,6 +43,13 @@ def test_embedding_teacher_labels_news_zero_shot_well_above_chance(news, monkeyp
     assert set(np.unique(hard)) <= {0.0, 1.0} and (hard.sum(1) == 1).all()
 
 
+def test_the_cache_keeps_label_orders_apart(news):
+    config = load_config(None, ["teacher.type=embedding", AGNEWS_DESCRIPTIONS])
+    forward = t.teach(t.build_teacher(config, news.label_names), news.texts[:8])
+    backward = t.teach(t.build_teacher(config, news.label_names[::-1]), news.texts[:8])
+    assert np.allclose(forward, backward[:, ::-1], atol=1e-5)
+
+
 def test_calibration_divides_out_the_teachers_label_prior():
     class Skewed(t.Teacher):
         def identity(self):
@@ -98,6 +105,7 @@ def test_generative_teacher_white_and_black_box(tiny_lm, news):
     rows = black.predict(news.texts[:3])
     assert set(np.unique(rows)) <= {0.0, 1.0} and (rows.sum(1) <= 1).all()
     assert black.parse(" Sports.") == 2 and black.parse("It is about sci stuff") == 1
+    assert black.parse("**World**!") == 3 and black.parse("'Business':") == 0
     assert black.parse("no idea") == -1
 
     with pytest.raises(ConfigError, match="distinct tokens"):

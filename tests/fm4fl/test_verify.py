@@ -82,6 +82,12 @@ def test_balance_follows_the_clients_label_distribution():
     assert v.total_variation(counts.astype(float), np.array([3.0, 1.0])) < 0.01
 
 
+def test_a_label_without_samples_does_not_empty_the_set():
+    labels = np.array([0] * 10 + [1] * 10)
+    kept = v.balanced(labels, np.arange(20), np.array([10.0, 10.0, 1.0]))
+    assert np.bincount(labels[kept]).tolist() == [10, 10]
+
+
 def test_shingles_of_short_texts_still_compare():
     assert v.shingles("Hi there") == [b"hi there"]
     a, b = v.signatures(["Hi there", "hi, there!"])

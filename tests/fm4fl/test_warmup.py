@@ -4,6 +4,7 @@ global model before round 1; the result is cached; copies of client rows never r
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from fedfm.bench.scenarios import AGNEWS_DESCRIPTIONS
 from fedfm.client.trainer import Trainer
 from fedfm.data.table import load_labelled_text
-from fedfm.errors import DataError
+from fedfm.errors import ConfigError, DataError
 from fedfm.experiment import prepare
 from fedfm.fm4fl import synthetic
 from fedfm.fm4fl.warmup import temper
@@ -58,7 +59,10 @@ def test_black_box_distillation_uses_hard_labels(tiny_config):
     assert p.fm4fl["warmup"]["soft_targets"] is False
 
 
-def test_synthetic_warm_up_drops_copies_of_client_rows_before_training(tiny_config, tmp_path):
+@pytest.mark.parametrize("labelled", [1.0, 0.05])
+def test_synthetic_warm_up_drops_copies_of_client_rows_before_training(
+    tiny_config, tmp_path, labelled
+):
     train = load_labelled_text(DATA / "agnews" / "train.tsv", "text", "label", None, 0, "t")
     # a stand-in for a generator's output: real texts no client holds, plus 12 verbatim copies
     # of client rows (clients hold the first 800 training rows)
@@ -78,8 +82,10 @@ def test_synthetic_warm_up_drops_copies_of_client_rows_before_training(tiny_conf
         f"synthetic.file={path}",
         "synthetic.min_words=3",
         "warmup.steps=20",
+        f"data.labelled_fraction={labelled}",
     )
     report = prepare(config).fm4fl["warmup"]
+    # with scarce labels most copied rows are unlabelled ones: they are looked for all the same
     assert report["generated"] == 312
     # the 12 copies, and AG News's own near-duplicate articles across the two ranges
     assert 12 <= report["dropped"]["memorised"] <= 15
@@ -119,6 +125,33 @@ def test_generation_is_seeded_and_cached(tiny_config, tiny_lm, monkeypatch):
     monkeypatch.setattr(models, "load_causal_lm", no_model)
     assert synthetic.generate(config, names).texts == first.texts
     assert synthetic.prompts(config, names)[2] == "Write one short news article about Sports."
+    monkeypatch.undo()
+    first.path.unlink()  # generated again from scratch: the same seed gives the same texts
+    assert synthetic.generate(config, names).texts == first.texts
+    other = synthetic.generate(replace(config, seed=1), names)
+    assert other.texts != first.texts and other.path != first.path
+
+
+def test_a_prompt_with_unknown_fields_is_a_config_error(tiny_config):
+    with pytest.raises(ConfigError, match="no other"):
+        tiny_config("synthetic.prompt=Write {n} words about {label}.")
+    assert tiny_config("synthetic.prompt=Write {{json}} about {label}.")  # escaped braces
+
+
+def test_black_box_abstentions_are_dropped_from_the_transfer_set(tiny_config):
+    report = prepare(
+        tiny_config(
+            "runtime.threads=1",
+            "teacher.type=function",
+            "teacher.access=black_box",
+            "teacher.model=tests.fm4fl.test_teacher:keyword_labels",
+            *TRANSFER[3:],
+            "warmup.steps=2",
+        )
+    ).fm4fl["warmup"]
+    assert report["abstained"] > 0 and report["transfer_rows"] > 0
+    assert report["abstained"] + report["transfer_rows"] == 400
+    assert report["rows"] == report["transfer_rows"] and not report["soft_targets"]
 
 
 def test_synthesize_writes_every_sample_with_its_verdict(tmp_path, capsys):

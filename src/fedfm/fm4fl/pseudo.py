@@ -11,6 +11,9 @@ unlabelled rows: in a deployment each client sends the sum of its teacher probab
 and its row count (one vector, no rows), and the server divides; here the same mean is computed
 in one place. The mean is global, not per client: under label skew a client's own mean is its
 skewed label distribution, which a per-client correction would wrongly flatten.
+
+With black-box access every answered row has confidence 1: the threshold then keeps every row
+the teacher answered and drops the ones it abstained on.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ def apply_scarce_labels(p: Prepared) -> dict[str, Any]:
 
     c = p.config
     labelled, unlabelled = labelled_rows(p.partition.indices, c.data.labelled_fraction, c.seed)
+    p.all_rows, p.labelled_rows = p.partition, labelled
     report: dict[str, Any] = {
         "labelled_fraction": c.data.labelled_fraction,
         "labelled_rows": int(sum(len(r) for r in labelled)),
@@ -62,8 +66,9 @@ def apply_scarce_labels(p: Prepared) -> dict[str, Any]:
     teacher = build_teacher(c, p.train.label_names)
     probs = teach(teacher, [p.train.texts[i] for i in rows], c.teacher.calibrate)
     conf = confidence(probs)
+    answered = probs.sum(1) > 0 if len(probs) else np.zeros(0, dtype=bool)
     pseudo = probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
-    confident = conf >= threshold
+    confident = answered & (conf >= threshold)
     chosen = rows[confident]
     original = p.train.labels
     true = original[chosen]
@@ -88,9 +93,10 @@ def apply_scarce_labels(p: Prepared) -> dict[str, Any]:
             "pseudo_label_accuracy": float((pseudo[confident] == true).mean())
             if len(chosen)
             else None,
-            "teacher_accuracy_unlabelled": float((pseudo == original[rows]).mean())
-            if len(rows)
+            "teacher_accuracy_unlabelled": float((pseudo == original[rows])[answered].mean())
+            if answered.any()
             else None,
+            "teacher_abstained": int((~answered).sum()),
         }
     )
     return report

@@ -59,10 +59,12 @@ def _clean(reply: str) -> str:
 
 
 def _key(config: ExperimentConfig, where: str, texts: list[str]) -> str:
+    from fedfm.tasks.models import model_stamp
+
     s = config.synthetic
     identity = {
         "version": GENERATOR_VERSION,
-        "model": where,
+        "model": model_stamp(where),
         "prompts": texts,
         "per_label": s.per_label,
         "temperature": s.temperature,
@@ -92,12 +94,12 @@ def generate(
         if not path.is_file():
             raise DataError(f"synthetic.file = {s.file!r} does not exist")
         return read_set(path, label_names)
-    where = resolve_model(s.model)
+    where = resolve_model(s.model, "synthetic.model")
     label_prompts = prompts(config, label_names)
     path = cache_dir() / "synthetic" / f"{_key(config, where, label_prompts)}.jsonl"
     if path.is_file():
         return read_set(path, label_names)
-    tokenizer, model = load_causal_lm(s.model, "bf16")
+    tokenizer, model = load_causal_lm(s.model, "bf16", key="synthetic.model")
     model.eval()
     tokenizer.padding_side = "left"
     rows: list[dict] = []
@@ -163,10 +165,12 @@ def verified(
     train,
     partition,
     progress: Callable[[int, int], None] | None = None,
+    labelled=None,
 ):
-    """``(SyntheticSet, Verified | None)``: the set of ``config``, checked against the clients'
-    rows (``partition`` of ``train``) by :func:`fedfm.fm4fl.verify.verify` unless
-    ``synthetic.verify`` is off."""
+    """``(SyntheticSet, Verified | None)``: the set of ``config``, checked against all the
+    clients' rows (``partition`` of ``train``) by :func:`fedfm.fm4fl.verify.verify` unless
+    ``synthetic.verify`` is off. ``labelled`` (per client, the rows whose label it knows; default
+    all) gives the label histograms the set is balanced against."""
     import numpy as np
 
     from fedfm.fm4fl.verify import verify
@@ -177,8 +181,9 @@ def verified(
         return generated, None
     ids = partition.client_ids
     clients = {cid: [train.texts[i] for i in partition.indices[k]] for k, cid in enumerate(ids)}
+    known = partition.indices if labelled is None else labelled
     histograms = {
-        cid: np.bincount(train.labels[partition.indices[k]], minlength=len(train.label_names))
+        cid: np.bincount(train.labels[known[k]], minlength=len(train.label_names))
         for k, cid in enumerate(ids)
     }
     checked = verify(

@@ -31,8 +31,8 @@ import importlib
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -108,19 +108,26 @@ class EmbeddingTeacher(Teacher):
 
     def __init__(self, model: str, label_names, label_texts, access: str, max_length: int):
         super().__init__(label_names, access)
-        from fedfm.tasks.models import load_encoder, resolve_model
+        from fedfm.tasks.models import resolve_model
 
-        self.model_name, self.where = model, resolve_model(model)
-        self.tokenizer, self.encoder = load_encoder(model)
-        self.encoder.eval()
+        self.model_name, self.where = model, resolve_model(model, "teacher.model")
         self.max_length = max_length
         self.label_texts = list(label_texts)
+        self.encoder = None  # loaded on the first prediction: a cache hit never loads it
+
+    def _load(self) -> None:
+        from fedfm.tasks.models import load_encoder
+
+        self.tokenizer, self.encoder = load_encoder(self.model_name, key="teacher.model")
+        self.encoder.eval()
         self.label_vectors = self._embed(self.label_texts)
 
     def identity(self) -> dict:
+        from fedfm.tasks.models import model_stamp
+
         return {
             "type": "embedding",
-            "model": self.where,
+            "model": model_stamp(self.where),
             "labels": self.label_names,
             "descriptions": self.label_texts,
             "max_length": self.max_length,
@@ -137,6 +144,8 @@ class EmbeddingTeacher(Teacher):
         return torch.nn.functional.normalize(pooled, dim=-1)
 
     def _predict(self, texts: list[str]) -> np.ndarray:
+        if self.encoder is None:
+            self._load()
         scores = self._embed(texts) @ self.label_vectors.T
         return torch.softmax(scores * SIMILARITY_SCALE, dim=-1).numpy()
 
@@ -148,8 +157,8 @@ class GenerativeTeacher(Teacher):
         super().__init__(label_names, access)
         from fedfm.tasks.models import load_causal_lm, resolve_model
 
-        self.where = resolve_model(model)
-        self.tokenizer, self.model = load_causal_lm(model, "bf16")
+        self.where = resolve_model(model, "teacher.model")
+        self.tokenizer, self.model = load_causal_lm(model, "bf16", key="teacher.model")
         self.model.eval()
         self.tokenizer.padding_side = "left"  # the answer position is the last one of every row
         self.answers = list(answers)
@@ -161,7 +170,7 @@ class GenerativeTeacher(Teacher):
         self.max_length = max_length
         ids = [self.tokenizer(a, add_special_tokens=False).input_ids for a in self.answers]
         first = [i[0] if i else -1 for i in ids]
-        if -1 in first or len(set(first)) < len(first):
+        if access == "white_box" and (-1 in first or len(set(first)) < len(first)):
             raise ConfigError(
                 f"teacher.answers {self.answers} must start with distinct tokens for the "
                 "white-box generative teacher (pick answer words that differ in their first "
@@ -170,9 +179,11 @@ class GenerativeTeacher(Teacher):
         self.answer_ids = first
 
     def identity(self) -> dict:
+        from fedfm.tasks.models import model_stamp
+
         return {
             "type": "generative",
-            "model": self.where,
+            "model": model_stamp(self.where),
             "labels": self.label_names,
             "answers": self.answers,
             "instruction": self.instruction,
@@ -213,7 +224,7 @@ class GenerativeTeacher(Teacher):
 
     def parse(self, reply: str) -> int:
         """The label a generated reply names (its first word, else anywhere), or −1."""
-        words = reply.strip().lower().replace(".", " ").replace(",", " ").split()
+        words = re.findall(r"[\w/]+", reply.lower())
         keys = [a.lower() for a in self.answers]
         names = [n.lower() for n in self.label_names]
         if words:
@@ -231,9 +242,10 @@ class RunTeacher(Teacher):
 
     def __init__(self, run_dir: str, label_names, access: str, max_length: int):
         super().__init__(label_names, access)
+        from fedfm.config import resolve_path
         from fedfm.tasks.classification import load_exported
 
-        self.run_dir = Path(run_dir).expanduser()
+        self.run_dir = resolve_path(run_dir)
         if not (self.run_dir / "config.toml").is_file():
             raise ConfigError(
                 f"teacher.model = {run_dir!r} is not a fedfm run directory (no config.toml)"
@@ -261,7 +273,14 @@ class RunTeacher(Teacher):
             (f.name, f.stat().st_size, f.stat().st_mtime_ns)
             for f in sorted(export.iterdir() if export else [])
         ]
-        return {"type": "run", "run": str(self.run_dir.resolve()), "files": stamp}
+        return {
+            "type": "run",
+            "run": str(self.run_dir.resolve()),
+            "files": stamp,
+            "labels": self.label_names,
+            "columns": self.columns,
+            "max_length": self.max_length,
+        }
 
     @torch.inference_mode()
     def _predict(self, texts: list[str]) -> np.ndarray:
@@ -273,7 +292,10 @@ class RunTeacher(Teacher):
 
 
 class FunctionTeacher(Teacher):
-    """A black-box callable ``list[str] -> list[str]`` returning label names."""
+    """A black-box callable ``list[str] -> list[str]`` returning label names.
+
+    Its answers are cached by the callable's name and the texts: after changing the function,
+    clear ``<cache>/teacher/`` (the cache cannot see inside it)."""
 
     def __init__(self, spec: str, label_names):
         super().__init__(label_names, "black_box")
@@ -342,13 +364,18 @@ def teach(
     from fedfm.data.tokens import cache_dir
 
     texts = list(texts)
-    key = hashlib.sha256(
-        json.dumps(teacher.identity(), sort_keys=True).encode() + b"\0" + "\0".join(texts).encode()
-    ).hexdigest()[:24]
-    path = cache_dir() / "teacher" / f"{key}.npy"
+    digest = hashlib.sha256(json.dumps(teacher.identity(), sort_keys=True).encode())
+    for text in texts:  # each text with its length: no two lists of texts share a key
+        raw = text.encode()
+        digest.update(len(raw).to_bytes(8, "little") + raw)
+    path = cache_dir() / "teacher" / f"{digest.hexdigest()[:24]}.npy"
+    probs = None
     if path.is_file():
-        probs = np.load(path, allow_pickle=False)
-    else:
+        try:
+            probs = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:  # an unreadable entry is rebuilt, never trusted
+            log.warning("ignoring unreadable teacher cache %s: %s", path, e)
+    if probs is None or probs.shape != (len(texts), len(teacher.label_names)):
         log.info("teacher: labelling %d texts", len(texts))
         probs = teacher.predict(texts, progress)
         path.parent.mkdir(parents=True, exist_ok=True)

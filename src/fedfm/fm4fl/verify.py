@@ -13,7 +13,11 @@ Four checks, in this order; a sample flagged by one is dropped and counted under
     3-word shingles of its own rows in a MinHash LSH table, compares locally and reports only one
     count per synthetic sample. A sample whose estimated Jaccard similarity with any client row
     reaches ``synthetic.near_duplicate`` is dropped: the generator may have memorised it, and
-    training on it would leak it back.
+    training on it would leak it back. The counts are not nothing: a count tied to a sample the
+    server knows tells it whether that client holds a near-copy of that sample (a membership
+    oracle for texts the server chooses, e.g. through ``synthetic.file``); here the server sums
+    them in the clear. Deployments that distrust the server should sum them under secure
+    aggregation and limit the number of samples a client answers for.
 ``balance``
     Clients report only their label histograms; surplus samples of over-represented labels are
     dropped until the synthetic label distribution matches the clients' (``synthetic.balance``).
@@ -101,9 +105,13 @@ def total_variation(p: np.ndarray, q: np.ndarray) -> float:
 
 def balanced(labels: np.ndarray, keep: np.ndarray, target: np.ndarray) -> np.ndarray:
     """The largest subset of ``keep`` (first samples first) whose label counts are proportional
-    to ``target``."""
-    share = target / target.sum()
+    to ``target`` over the labels that have samples (a label the set lacks cannot be balanced
+    in, and must not empty the set; the report names such labels)."""
     have = np.bincount(labels[keep], minlength=len(target))
+    share = np.where(have > 0, target, 0.0)
+    if share.sum() <= 0:
+        return np.asarray(keep, dtype=np.int64)
+    share = share / share.sum()
     wanted = share > 0
     n = int(np.floor(np.min(have[wanted] / share[wanted]))) if wanted.any() else 0
     quota = np.floor(share * n + 1e-9).astype(int)
@@ -183,6 +191,7 @@ def verify(
         kept = balanced_keep
     after = np.bincount(labels[kept], minlength=n_labels) if len(kept) else np.zeros(n_labels)
     report = {
+        "labels_missing": [int(i) for i in np.flatnonzero((before == 0) & (target > 0))],
         "generated": len(texts),
         "kept": len(kept),
         "dropped": dropped,

