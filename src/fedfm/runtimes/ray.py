@@ -89,19 +89,28 @@ class RayRuntime(Runtime):
         if not ray.is_initialized():
             if r.address and r.address != "auto":
                 _check_reachable(r.address)
-            try:
-                ray.init(
-                    address=r.address or None,
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    logging_level=logging.WARNING,
-                    num_cpus=None if r.address else max(os.cpu_count() or 1, r.workers),
-                    runtime_env={"env_vars": _forwarded_env()},
-                )
-            except Exception as e:  # Ray raises ConnectionError, RuntimeError, ValueError
-                raise ConfigError(
-                    f"runtime.address = {r.address!r}: cannot start or reach Ray: {e}"
-                ) from None
+            # A local instance that times out while starting (a busy machine: its processes
+            # compete with ours for the cores) is started once more before giving up.
+            attempts = 1 if r.address else 2
+            for attempt in range(1, attempts + 1):
+                try:
+                    ray.init(
+                        address=r.address or None,
+                        include_dashboard=False,
+                        log_to_driver=False,
+                        logging_level=logging.WARNING,
+                        num_cpus=None if r.address else max(os.cpu_count() or 1, r.workers),
+                        runtime_env={"env_vars": _forwarded_env()},
+                    )
+                    break
+                except Exception as e:  # Ray raises ConnectionError, RuntimeError, ValueError
+                    if attempt < attempts and "timed out" in str(e):
+                        log.warning("Ray did not start in time (%s); trying once more", e)
+                        ray.shutdown()
+                        continue
+                    raise ConfigError(
+                        f"runtime.address = {r.address!r}: cannot start or reach Ray: {e}"
+                    ) from None
             self._started = True
         self.client_ids = list(app.data)
         toml = config_to_toml(config)
