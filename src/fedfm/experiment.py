@@ -237,22 +237,7 @@ def _load_instructions(config: ExperimentConfig) -> tuple[Instructions, Instruct
             load_instructions(resolve_path(d.train), d.train_rows, d.label_column, "data.train"),
             load_instructions(resolve_path(d.test), d.test_rows, d.label_column, "data.test"),
         )
-    train = load_labelled_text(
-        resolve_path(d.train),
-        d.text_column,
-        d.label_column,
-        d.labels or None,
-        d.train_rows,
-        "data.train",
-    )
-    test = load_labelled_text(
-        resolve_path(d.test),
-        d.text_column,
-        d.label_column,
-        train.label_names,
-        d.test_rows,
-        "data.test",
-    )
+    train, test = load_labelled(config)
     return labelled_as_instructions(train, instruction), labelled_as_instructions(test, instruction)
 
 
