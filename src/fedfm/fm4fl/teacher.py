@@ -376,7 +376,8 @@ def teach(
         except (OSError, ValueError) as e:  # an unreadable entry is rebuilt, never trusted
             log.warning("ignoring unreadable teacher cache %s: %s", path, e)
     if probs is None or probs.shape != (len(texts), len(teacher.label_names)):
-        log.info("teacher: labelling %d texts", len(texts))
+        say = log.warning if len(texts) >= 1000 else log.info  # minutes on a CPU: say so
+        say("teacher: labelling %d texts (cached afterwards in %s)", len(texts), path.parent)
         probs = teacher.predict(texts, progress)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")

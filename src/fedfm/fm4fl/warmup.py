@@ -110,7 +110,10 @@ def synthetic_set(p: Prepared) -> tuple[list[str], np.ndarray, dict[str, Any]]:
 
     # near-copies are looked for in every row the clients hold, labelled or not
     generated, checked = verified(
-        p.config, p.train, p.all_rows if p.all_rows is not None else p.partition, labelled=p.labelled_rows
+        p.config,
+        p.train,
+        p.all_rows if p.all_rows is not None else p.partition,
+        labelled=p.labelled_rows,
     )
     labels = np.asarray(generated.labels, dtype=np.int64)
     info: dict[str, Any] = {"synthetic_file": str(generated.path)}
