@@ -115,6 +115,7 @@ def _check_fm4fl(config: ExperimentConfig) -> None:
     fm4fl = (
         config.teacher.type != "none"
         or config.warmup.source != "none"
+        or config.warmup.ensemble_steps
         or config.data.labelled_fraction < 1
         or config.model.init != "pretrained"
         or config.model.layers
@@ -125,6 +126,13 @@ def _check_fm4fl(config: ExperimentConfig) -> None:
             "task.type",
             config.task.type,
             "'classification' with [teacher], [warmup], data.labelled_fraction or model.init",
+        )
+    if config.warmup.ensemble_steps:
+        check(
+            config.privacy.dp == "none" and not config.secagg.enabled,
+            "warmup.ensemble_steps",
+            config.warmup.ensemble_steps,
+            "0 with DP or secure aggregation (ensemble distillation reads each client's model)",
         )
     if config.warmup.source == "transfer":
         check(
@@ -575,9 +583,20 @@ class WarmupConfig:
     steps: int = 100
     batch_size: int = 32
     lr: float = 0.0  # 0 = federation.lr
+    # > 0: after every round the server also distils the ensemble of that round's client models
+    # (their mean tempered probabilities on the transfer table) into the aggregate for this many
+    # steps (FedDF, Lin et al. 2020)
+    ensemble_steps: int = 0
 
     def __post_init__(self) -> None:
         check_choice("warmup.source", self.source, ["none", "transfer", "synthetic"])
+        check(self.ensemble_steps >= 0, "warmup.ensemble_steps", self.ensemble_steps, "≥ 0")
+        check(
+            self.ensemble_steps == 0 or bool(self.data),
+            "warmup.data",
+            self.data,
+            "a table of texts for warmup.ensemble_steps > 0 (the transfer set)",
+        )
         check(
             self.source != "transfer" or bool(self.data),
             "warmup.data",

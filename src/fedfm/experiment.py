@@ -343,6 +343,15 @@ def _federation(
             ).state
 
         strategy.root_update = root_update
+    if c.warmup.ensemble_steps:  # FedDF: distil the round's client ensemble into the aggregate
+        from fedfm.fm4fl.ensemble import wrap
+
+        if getattr(strategy, "asynchronous", False):
+            raise ConfigError(
+                "warmup.ensemble_steps > 0 needs a synchronous strategy; fedbuff aggregates "
+                "buffered updates of different rounds"
+            )
+        strategy = wrap(strategy, app.trainer, c)
     runtime = RUNTIMES.get(c.runtime.type)(app, config=c)
     federation = AsyncFederation if getattr(strategy, "asynchronous", False) else Federation
     return federation(

@@ -257,6 +257,13 @@ SCENARIOS: dict[str, Scenario] = {
         variants={
             "kd-white-box": (*EMBEDDING_TEACHER, *AGNEWS_TRANSFER),
             "kd-black-box": (*EMBEDDING_TEACHER, "teacher.access=black_box", *AGNEWS_TRANSFER),
+            # FedDF: no FM teacher; the round's client ensemble is distilled on the transfer set
+            "feddf": (
+                "warmup.data=${FEDFM_DATA}/agnews/test.tsv",
+                "warmup.offset=2000",
+                "warmup.rows=1000",
+                "warmup.ensemble_steps=20",
+            ),
         },
         sweep_clients=(),
         peers=(),

@@ -77,13 +77,12 @@ def _stamp(path: str) -> list:
     return [str(resolved.resolve()), stat.st_size, stat.st_mtime_ns]
 
 
-def transfer_set(p: Prepared) -> tuple[list[str], np.ndarray, dict[str, Any]]:
-    """The transfer table's texts and the teacher's targets (soft rows or class indices)."""
+def transfer_texts(config) -> list[str]:
+    """The unlabelled transfer table's texts: ``warmup.data``, rows offset … offset + rows."""
     from fedfm.config import resolve_path
     from fedfm.data.table import read_table
-    from fedfm.fm4fl.teacher import build_teacher, teach
 
-    c, w = p.config, p.config.warmup
+    w = config.warmup
     table = read_table(resolve_path(w.data), "warmup.data")
     if w.text_column not in table:
         raise DataError(
@@ -93,6 +92,15 @@ def transfer_set(p: Prepared) -> tuple[list[str], np.ndarray, dict[str, Any]]:
     texts = [str(t) for t in table[w.text_column][w.offset : w.offset + w.rows]]
     if not texts:
         raise DataError(f"warmup.data = {w.data!r} has no rows after warmup.offset = {w.offset}")
+    return texts
+
+
+def transfer_set(p: Prepared) -> tuple[list[str], np.ndarray, dict[str, Any]]:
+    """The transfer table's texts and the teacher's targets (soft rows or class indices)."""
+    from fedfm.fm4fl.teacher import build_teacher, teach
+
+    c = p.config
+    texts = transfer_texts(c)
     teacher = build_teacher(c, p.train.label_names)
     probs = teach(teacher, texts, c.teacher.calibrate)
     known = probs.sum(1) > 0

@@ -88,6 +88,31 @@ class ClassificationTask(SharedStateTask):
         return F.cross_entropy(logits.float(), torch.from_numpy(labels[rows]))
 
     @torch.inference_mode()
+    def probabilities(
+        self,
+        tokens: TokenizedText,
+        rows: np.ndarray,
+        temperature: float = 1.0,
+        batch_size: int = 64,
+    ) -> np.ndarray:
+        """``softmax(logits / temperature)`` of the current model for ``rows``, in that order."""
+        rows = np.asarray(rows)
+        order = np.argsort(tokens.lengths()[rows], kind="stable")
+        out = np.empty((len(rows), self.model.head.out_features), dtype=np.float32)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(order), batch_size):
+                at = order[start : start + batch_size]
+                input_ids, mask = tokens.batch(rows[at], self.pad_id)
+                with self.autocast():
+                    logits = self.model(input_ids, mask).float()
+                out[at] = torch.softmax(logits / temperature, dim=-1).numpy()
+        finally:
+            self.model.train(was_training)
+        return out
+
+    @torch.inference_mode()
     def per_example(
         self,
         tokens: TokenizedText,
