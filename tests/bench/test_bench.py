@@ -35,6 +35,9 @@ def test_resume_reads_back_a_finished_run_of_the_same_config_only(tiny_config, t
     first = run_system("fedfm", "fedfm", toml, tmp_path)
     again = run_system("fedfm", "fedfm", toml, tmp_path, resume=True)
     assert again == first  # read back, not run: same launch time and memory trace
+    without_default = toml.replace("ensemble_steps = 0\n", "")
+    assert without_default != toml  # as a run recorded before that key existed would read
+    assert run_system("fedfm", "fedfm", without_default, tmp_path, resume=True) == first
     changed = toml.replace("local_steps = 1", "local_steps = 2")
     assert changed != toml
     rerun = run_system("fedfm", "fedfm", changed, tmp_path, resume=True)

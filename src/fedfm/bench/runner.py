@@ -150,7 +150,23 @@ def _earlier(measured_path: Path, out: Path, system: str, config_toml: str) -> M
         timeline = json.loads(out.read_text())
     except (OSError, ValueError):
         return None
-    if record.pop("config", None) != config_toml or record.get("system") != system:
+    if not _same_config(record.pop("config", None), config_toml) or record.get("system") != system:
         return None
     record["memory_trace"] = [tuple(p) for p in record.get("memory_trace", [])]
     return Measured(**record, timeline=timeline)
+
+
+def _same_config(earlier: str | None, now: str) -> bool:
+    """The same experiment: equal TOML, or equal once both are read back (a key added to
+    fedfm since, with its default value, does not make a finished run stale)."""
+    if earlier is None:
+        return False
+    if earlier == now:
+        return True
+    from fedfm.config import parse_config_text
+    from fedfm.errors import FedFMError
+
+    try:
+        return parse_config_text(earlier) == parse_config_text(now)
+    except FedFMError:
+        return False
