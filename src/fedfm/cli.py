@@ -33,6 +33,22 @@ EPILOG = """examples:
 """
 
 
+def _add_overrides(
+    parser: argparse.ArgumentParser,
+    help: str = "override one config key (repeatable), e.g. --set federation.rounds=3; "
+    "values are read as TOML (numbers, true/false, [lists]), else as strings",
+) -> None:
+    """``--set SECTION.KEY=VALUE`` (repeatable) into ``args.overrides``."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help=help,
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedfm",
@@ -54,15 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "config", nargs="?", help="experiment config (TOML); omit for the built-in default"
     )
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one config key (repeatable), e.g. --set federation.rounds=3; "
-        "values are read as TOML (numbers, true/false, [lists]), else as strings",
-    )
+    _add_overrides(run)
     run.add_argument(
         "--out", default="runs", help="parent folder of the run directory (default: runs)"
     )
@@ -77,9 +85,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Print a resolved config: every key with its value. Useful as a template.",
     )
     cfg.add_argument("config", nargs="?", help="experiment config (TOML); omit for the default")
-    cfg.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
-    )
+    _add_overrides(cfg)
 
     bench = sub.add_parser(
         "bench",
@@ -111,14 +117,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="reuse the systems that already finished on the same config in the output folder",
     )
-    bench.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key for every system, e.g. --set runtime.threads=1",
-    )
+    _add_overrides(bench, "override a config key for every system, e.g. --set runtime.threads=1")
     bench.add_argument(
         "--out", default="bench-runs", help="parent folder of the results (default: bench-runs)"
     )
@@ -134,9 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--address", help="HOST:PORT to listen on (default: server.address)")
     srv.add_argument("--out", default="runs", help="parent folder of the run directory")
     srv.add_argument("--resume", metavar="RUN_DIR", help="continue a crashed server's run")
-    srv.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
-    )
+    _add_overrides(srv)
     srv.add_argument("--quiet", action="store_true", help="no live progress display")
 
     join = sub.add_parser(
@@ -215,9 +212,7 @@ def _parser() -> argparse.ArgumentParser:
         "OUT/report.json. The generated set is cached: a later `fedfm run` reuses it.",
     )
     syn.add_argument("config", nargs="?", help="experiment config (TOML); omit for the default")
-    syn.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
-    )
+    _add_overrides(syn)
     syn.add_argument("--out", default="synthetic", help="output folder (default: synthetic)")
 
     rep = sub.add_parser(

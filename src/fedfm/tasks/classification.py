@@ -87,6 +87,21 @@ class ClassificationTask(SharedStateTask):
             return -(targets * log_p).sum(-1).mean() * t * t
         return F.cross_entropy(logits.float(), torch.from_numpy(labels[rows]))
 
+    def _logits(self, tokens: TokenizedText, rows: np.ndarray, batch_size: int):
+        """Yield ``(positions, logits)`` over ``rows`` in length-sorted batches (little padding),
+        with the model in eval mode; ``positions`` index into ``rows``."""
+        order = np.argsort(tokens.lengths()[rows], kind="stable")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(order), batch_size):
+                at = order[start : start + batch_size]
+                input_ids, mask = tokens.batch(rows[at], self.pad_id)
+                with self.autocast():
+                    yield at, self.model(input_ids, mask).float()
+        finally:
+            self.model.train(was_training)
+
     @torch.inference_mode()
     def probabilities(
         self,
@@ -97,19 +112,9 @@ class ClassificationTask(SharedStateTask):
     ) -> np.ndarray:
         """``softmax(logits / temperature)`` of the current model for ``rows``, in that order."""
         rows = np.asarray(rows)
-        order = np.argsort(tokens.lengths()[rows], kind="stable")
         out = np.empty((len(rows), self.model.head.out_features), dtype=np.float32)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            for start in range(0, len(order), batch_size):
-                at = order[start : start + batch_size]
-                input_ids, mask = tokens.batch(rows[at], self.pad_id)
-                with self.autocast():
-                    logits = self.model(input_ids, mask).float()
-                out[at] = torch.softmax(logits / temperature, dim=-1).numpy()
-        finally:
-            self.model.train(was_training)
+        for at, logits in self._logits(tokens, rows, batch_size):
+            out[at] = torch.softmax(logits / temperature, dim=-1).numpy()
         return out
 
     @torch.inference_mode()
@@ -121,25 +126,14 @@ class ClassificationTask(SharedStateTask):
         batch_size: int = 64,  # small batches keep the peak RSS low; speed is the same on CPU
     ) -> tuple[np.ndarray, np.ndarray]:
         """Per row of ``rows`` (all rows by default), in that order: the loss and whether the
-        prediction is right. Scored in length-sorted batches (little padding)."""
+        prediction is right."""
         rows = np.arange(len(tokens)) if rows is None else np.asarray(rows)
-        order = np.argsort(tokens.lengths()[rows], kind="stable")
         losses = np.empty(len(rows), dtype=np.float64)
         correct = np.empty(len(rows), dtype=bool)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            for start in range(0, len(order), batch_size):
-                at = order[start : start + batch_size]
-                batch = rows[at]
-                input_ids, mask = tokens.batch(batch, self.pad_id)
-                with self.autocast():
-                    logits = self.model(input_ids, mask).float()
-                target = torch.from_numpy(labels[batch])
-                losses[at] = F.cross_entropy(logits, target, reduction="none").numpy()
-                correct[at] = (logits.argmax(-1) == target).numpy()
-        finally:
-            self.model.train(was_training)
+        for at, logits in self._logits(tokens, rows, batch_size):
+            target = torch.from_numpy(labels[rows[at]])
+            losses[at] = F.cross_entropy(logits, target, reduction="none").numpy()
+            correct[at] = (logits.argmax(-1) == target).numpy()
         return losses, correct
 
     def evaluate(
