@@ -312,7 +312,8 @@ def client_app(p: Prepared, client_ids: Sequence[str], federation=None) -> tuple
     if c.privacy.dp == "distributed":  # after the attack: a malicious client still clips
         from fedfm.privacy.federated import client_transform
 
-        app.transforms.append(client_transform(c, list(client_ids), p.task.num_params()[0]))
+        index = {cid: i for i, cid in enumerate(client_ids)}
+        app.transforms.append(client_transform(c, index, len(index), p.task.num_params()[0]))
     return app, local_dp
 
 

@@ -98,6 +98,9 @@ class ClientApp:
         self.view: State | None = None  # the global state as decoded last time
         self.view_memory: dict[str, torch.Tensor] = {}
         self.memory: dict[str, dict[str, torch.Tensor]] = {}  # per-client uplink codec memory
+        # Under secure aggregation over the network, the server never decodes an update: each
+        # client mirrors the server's uplink decoder memory itself (see secure_input).
+        self.secure_memory: dict[str, dict[str, torch.Tensor]] = {}
         self._decoded: tuple[int, bytes, State] | None = None
         # Applied in order to the received global state before training: (client_id,
         # client_index, round, state) -> the state this client starts from (e.g. the global
@@ -121,7 +124,8 @@ class ClientApp:
         self._decoded = (round, payload, state)
         return state
 
-    def handle(self, task: ClientTask) -> bytes:
+    def _train(self, task: ClientTask):
+        """Decode, prepare, train, transform: (update, the received state, its codec context)."""
         instr = task.instructions
         state = self._receive(instr.round, task.payload)
         index = self.index[task.client_id]
@@ -138,7 +142,30 @@ class ClientApp:
             "num_examples": update.num_examples,
             "metrics": update.metrics,
         }
-        return self.up.encode(update.state, ctx, header)
+        return update, state, self.up.encode(update.state, ctx, header)
+
+    def handle(self, task: ClientTask) -> bytes:
+        """The uplink payload of one fit task."""
+        return self._train(task)[2]
+
+    def secure_input(self, task: ClientTask, uniform_weights: bool) -> np.ndarray:
+        """What this client feeds into secure aggregation for one fit task (float64 (d + 2,)).
+
+        The update goes through the uplink codecs and back, exactly as the server would decode
+        it (with this client's own copy of the server's uplink decoder memory), then becomes
+        :func:`~fedfm.privacy.federated.secure_vector` against the received state: the same
+        numbers a simulated run sums.
+        """
+        from fedfm.privacy.federated import secure_vector, secure_weight
+
+        update, state, payload = self._train(task)
+        memory = self.secure_memory.setdefault(task.client_id, {})
+        seed = peer_seed(self.trainer.seed, task.client_id)
+        decoded, _ = self.up.decode(
+            payload, CodecContext(task.instructions.round, state, memory, seed), self.template
+        )
+        weight = secure_weight(uniform_weights, update.num_examples)
+        return secure_vector(decoded, state, weight, float(update.metrics.get("loss", 0.0)))
 
     def load_view(self, groups: dict[str, dict[str, torch.Tensor]]) -> None:
         """Reset the downlink reference and decoder memory to what up-to-date clients hold (the

@@ -61,6 +61,18 @@ def build_client_app(
         task.get_state(),
     )
     app.index = {client_id: client_index}  # the server's index: same seeds as in simulation
+    if config.privacy.dp == "distributed":  # clip, then this client's share of the noise
+        from fedfm.privacy.federated import client_transform
+
+        if config.privacy.noise_multiplier <= 0:
+            raise ConfigError(
+                "privacy.dp = 'distributed': the server's experiment carries no resolved "
+                "privacy.noise_multiplier"
+            )
+        per_round = config.federation.clients_per_round  # σ is given: the rate does not matter
+        num_params = task.num_params()[0]
+        index = {client_id: client_index}
+        app.transforms.append(client_transform(config, index, per_round, num_params))
     if getattr(config.method, "client_ranks", ()):  # a weaker client trains a lower LoRA rank
         from fedfm.methods.lora import client_rank, truncate_state
 

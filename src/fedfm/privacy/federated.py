@@ -95,6 +95,28 @@ def _unflat(vector: np.ndarray, template: State) -> State:
     return out
 
 
+def secure_weight(uniform: bool, num_examples: int) -> float:
+    """A client's weight in the mean: 1 under distributed DP, else its example count."""
+    return 1.0 if uniform else float(num_examples)
+
+
+def secure_vector(state: State, reference: State, weight: float, loss: float) -> np.ndarray:
+    """What one client puts into the secure sum: ``[w·Δ (flattened), w·loss, w]``, Δ = state −
+    reference. The server learns Σ w·Δ, Σ w·loss and Σ w only: the weighted mean update and
+    training loss, never one client's update, weight or loss. A simulated client and a network
+    client compute it with this one function, so both runs sum the same numbers."""
+    delta = OrderedDict((n, state[n].float() - reference[n].float()) for n in reference)
+    return np.append(_flat(delta) * weight, [weight * loss, weight])
+
+
+def secagg_metrics(bytes_up: int, bytes_down: int, seconds: float) -> dict[str, float]:
+    return {
+        "secagg_bytes_up": float(bytes_up),
+        "secagg_bytes_down": float(bytes_down),
+        "secagg_seconds": seconds,
+    }
+
+
 class ProtectedAggregation(Strategy):
     """The configured strategy behind DP-FedAvg and/or secure aggregation."""
 
@@ -157,12 +179,21 @@ class ProtectedAggregation(Strategy):
     def _generator(self, rnd: int) -> torch.Generator:
         return torch.Generator().manual_seed(derive_seed(self.seed, rnd, 0xD9))
 
+    @property
+    def uniform_weights(self) -> bool:
+        """Distributed DP weighs every client alike (its noise share assumes it); otherwise
+        updates are weighted by their example counts."""
+        return self.dp == "distributed"
+
     def aggregate(self, round: int, global_state: State, updates: list[Update]) -> State:
+        metrics: dict[str, float] = {}
+        if self.secagg.enabled:
+            total = self._secure_sum(round, global_state, updates, metrics)
+            return self.aggregate_secure(round, global_state, global_state, total, metrics, updates)
         deltas = [
             OrderedDict((n, u.state[n].float() - global_state[n].float()) for n in global_state)
             for u in updates
         ]
-        metrics: dict[str, float] = {}
         if self.dp == "central":
             norms = [l2_norm(d) for d in deltas]
             clip_norm = self.clip_norm
@@ -175,30 +206,46 @@ class ProtectedAggregation(Strategy):
             if self.clipper is not None:
                 self.clipper.update(norms, self._generator(round + 1_000_003))
         else:
-            weights = (
-                [1.0] * len(updates)
-                if self.dp == "distributed"
-                else [float(u.num_examples) for u in updates]
+            weights = [secure_weight(self.uniform_weights, u.num_examples) for u in updates]
+            total = sum(weights)
+            mean = OrderedDict(
+                (n, sum(w * d[n] for w, d in zip(weights, deltas, strict=True)) / total)
+                for n in global_state
             )
-            if self.secagg.enabled:
-                mean = self._secure_mean(
-                    round, deltas, weights, [u.client_id for u in updates], global_state, metrics
-                )
-            else:
-                total = sum(weights)
-                mean = OrderedDict(
-                    (n, sum(w * d[n] for w, d in zip(weights, deltas, strict=True)) / total)
-                    for n in global_state
-                )
-            if self.dp == "distributed":
-                # clients added noise for clients_per_round shares; fewer summed shares → less noise
-                summed = len(updates)
-                mean = OrderedDict(
-                    (n, t * summed / self.clients_per_round) for n, t in mean.items()
-                )
-                metrics["dp_noise_multiplier_effective"] = effective_noise_multiplier(
-                    self.noise_multiplier, self.clients_per_round, summed
-                )
+        return self._finish(round, global_state, global_state, mean, len(updates), metrics, updates)
+
+    def aggregate_secure(
+        self,
+        round: int,
+        global_state: State,
+        reference: State,
+        total: np.ndarray,
+        metrics: dict[str, float],
+        updates: list[Update] = (),
+    ) -> State:
+        """Finish a round from the secure sum ``[Σ wΔ, Σ w·loss, Σ w]`` (:func:`secure_vector`)
+        of the deltas against ``reference``, the state the clients trained from.
+
+        ``metrics`` carries the protocol's figures (``secagg_survivors`` is the number of
+        clients in the sum). ``updates`` are the clients' plain updates when the simulation has
+        them (local DP accounting reads their step counts); a network run has none.
+        """
+        weight = float(total[-1])
+        if not weight > 0:
+            raise ProtocolError(f"secure aggregation: the summed weight is {weight}, not positive")
+        metrics["secagg_loss"] = float(total[-2]) / weight
+        mean = _unflat(total[:-2] / weight, reference)
+        summed = int(metrics["secagg_survivors"])
+        return self._finish(round, global_state, reference, mean, summed, metrics, updates)
+
+    def _finish(self, round, global_state, reference, mean, summed, metrics, updates) -> State:
+        """Noise bookkeeping and the accountants, then the inner strategy on reference + mean."""
+        if self.dp == "distributed":
+            # clients added noise for clients_per_round shares; fewer summed shares → less noise
+            mean = OrderedDict((n, t * summed / self.clients_per_round) for n, t in mean.items())
+            metrics["dp_noise_multiplier_effective"] = effective_noise_multiplier(
+                self.noise_multiplier, self.clients_per_round, summed
+            )
         if self.accountant is not None:
             self.accountant.step()
             metrics["epsilon"] = self.accountant.epsilon(self.privacy.delta)
@@ -215,41 +262,62 @@ class ProtectedAggregation(Strategy):
             metrics["dp_noise_multiplier"] = self.noise_multiplier
         self._metrics = metrics
         synthetic = OrderedDict(
-            (n, (global_state[n].float() + mean[n]).to(t.dtype)) for n, t in global_state.items()
+            (n, (reference[n].float() + mean[n]).to(t.dtype)) for n, t in global_state.items()
         )
         return self.inner.aggregate(
             round, global_state, [Update("protected-mean", round, synthetic, 1)]
         )
 
-    def _secure_mean(self, rnd, deltas, weights, client_ids, template, metrics) -> State:
-        """Σ wₖΔₖ / Σ wₖ through the secure aggregation protocol: the weight travels as one
-        more coordinate, so the server learns only the two sums."""
+    def session(self, rnd: int, nonce: str) -> str:
+        """The secure-aggregation session of round ``rnd``: domain separation for its keys and
+        messages. ``nonce`` is 16 hex digits (random over the network, seeded in simulation)."""
+        return f"secagg/round-{rnd}/{nonce}"
+
+    def secagg_server(self, rnd: int, clients: int, dimension: int, nonce: str):
+        """The server's side of one round's protocol among ``clients`` key holders."""
+        from fedfm.privacy.secagg import SecAggServer, resolve_threshold
+
+        return SecAggServer(
+            dimension,
+            resolve_threshold(self.secagg.threshold, clients),
+            fraction_bits=self.secagg.fraction_bits,
+            modulus_bits=self.secagg.modulus_bits,
+            session=self.session(rnd, nonce),
+        )
+
+    def _secure_sum(self, rnd, global_state, updates, metrics) -> np.ndarray:
+        """The simulation: each client's :func:`secure_vector` through the whole protocol
+        among in-process parties; the server learns ``[Σ wΔ, Σ w·loss, Σ w]`` only."""
         from fedfm.privacy.secagg import secure_sum
 
         vectors = {
-            cid: np.append(_flat(d) * w, w)
-            for cid, d, w in zip(client_ids, deltas, weights, strict=True)
+            u.client_id: secure_vector(
+                u.state,
+                global_state,
+                secure_weight(self.uniform_weights, u.num_examples),
+                u.metrics.get("loss", 0.0),
+            )
+            for u in updates
         }
         # Dropped clients took part in key sharing, then vanished: they get a zero vector
         # that never reaches the sum.
         dimension = len(next(iter(vectors.values())))
         for cid in self._dropped:
             vectors.setdefault(cid, np.zeros(dimension, dtype=np.float32))
+        seed = derive_seed(self.seed, rnd, 0x5EC)
         result = secure_sum(
             vectors,
             self.secagg.threshold,
             self.secagg.fraction_bits,
             self.secagg.modulus_bits,
             drop_after_sharing=frozenset(self._dropped),
-            seed=derive_seed(self.seed, rnd, 0x5EC),
+            seed=seed,
+            session=self.session(rnd, f"{seed % (1 << 64):016x}"),
         )
-        metrics["secagg_bytes_up"] = float(result.bytes_up)
-        metrics["secagg_bytes_down"] = float(result.bytes_down)
-        metrics["secagg_seconds"] = result.seconds
+        metrics.update(secagg_metrics(result.bytes_up, result.bytes_down, result.seconds))
         metrics["secagg_survivors"] = float(len(result.survivors))
         self.secure_bytes = (result.bytes_up, result.bytes_down)
-        total = result.sum[-1]
-        return _unflat(result.sum[:-1] / total, template)
+        return result.sum
 
     def round_metrics(self) -> dict[str, float]:
         return {**self.inner.round_metrics(), **self._metrics}
@@ -279,15 +347,18 @@ class ProtectedAggregation(Strategy):
             self.clipper.load_state_dict({"clip_norm": float(tensors["dp/clip_norm"])})
 
 
-def client_transform(config, client_ids: list[str], num_params: int):
+def client_transform(config, index: dict[str, int], num_clients: int, num_params: int):
     """Distributed DP on the client: clip its delta, then add its share of the noise.
 
-    With secure aggregation, the clip leaves room for the fixed-point rounding and the noise
-    lands on the fixed-point grid, so quantisation adds no further error.
+    ``index`` maps each client this process holds to its index (which seeds its noise);
+    ``num_clients`` is the federation's size, for σ when it is calibrated to a target ε (a
+    network client receives σ resolved by the server). With secure aggregation, the clip leaves
+    room for the fixed-point rounding and the noise lands on the fixed-point grid, so
+    quantisation adds no further error.
     """
     privacy = config.privacy
-    num_clients = config.federation.clients_per_round
-    sample_rate = client_sample_rate(num_clients, len(client_ids))
+    per_round = config.federation.clients_per_round
+    sample_rate = client_sample_rate(per_round, num_clients)
     sigma = resolve_noise_multiplier(privacy, sample_rate, config.federation.rounds)
     resolution = 2.0**-config.secagg.fraction_bits if config.secagg.enabled else 0.0
     clip_norm = privacy.clip_norm - (
@@ -303,10 +374,10 @@ def client_transform(config, client_ids: list[str], num_params: int):
         delta = OrderedDict((n, trained[n].float() - received[n].float()) for n in received)
         clipped, _ = clip(delta, clip_norm)
         generator = torch.Generator().manual_seed(
-            derive_seed(config.seed, rnd, client_ids.index(client_id), 0xD1)
+            derive_seed(config.seed, rnd, index[client_id], 0xD1)
         )
         noisy = distributed_noise_share(
-            clipped, privacy.clip_norm, sigma, num_clients, generator, resolution=resolution
+            clipped, privacy.clip_norm, sigma, per_round, generator, resolution=resolution
         )
         return OrderedDict(
             (n, (received[n].float() + noisy[n]).to(t.dtype)) for n, t in received.items()

@@ -97,6 +97,7 @@ KEYS, ROSTER, SHARES, FORWARDED = (
     "secagg/forwarded",
 )
 MASKED, UNMASK_REQUEST, UNMASK = "secagg/masked", "secagg/unmask-request", "secagg/unmask"
+ABORT = "secagg/abort"  # a client leaves the protocol instance, with a "reason" (any round)
 SERVER = "server"  # the server's name in a transcript
 
 
@@ -738,6 +739,7 @@ def secure_sum(
     *,
     drop_after_masking: set[str] | frozenset[str] = frozenset(),
     transcript: list[WireMessage] | None = None,
+    session: str | None = None,
 ) -> SecAggResult:
     """Run the protocol among in-process clients and a server; every message crosses the wire format.
 
@@ -746,6 +748,7 @@ def secure_sum(
     those in ``drop_after_masking`` after round 2 (theirs are, but they do not help unmask). A
     client that dropped receives nothing more. ``seed`` shuffles the order in which the server
     receives each round's messages. Pass a list as ``transcript`` to get every payload.
+    ``session`` names the protocol instance (default ``secure_sum/<seed>``).
     """
     ids = sorted(vectors)
     if not ids:
@@ -759,7 +762,7 @@ def secure_sum(
     start = time.perf_counter()
     threshold = resolve_threshold(threshold, len(ids))
     rng = np.random.default_rng(seed)
-    session = f"secure_sum/{seed}"
+    session = f"secure_sum/{seed}" if session is None else session
     options = {"fraction_bits": fraction_bits, "modulus_bits": modulus_bits, "session": session}
     server = SecAggServer(dimension, threshold, **options)
     clients = {c: SecAggClient(c, dimension, **options) for c in ids}

@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from fedfm.client.app import ClientTask
 from fedfm.registry import Registry
+
+
+@dataclass
+class SecureRound:
+    """What a runtime that carries secure aggregation returns for one round."""
+
+    sum: np.ndarray | None = None  # the decoded sum of the survivors' secure vectors
+    survivors: list[str] = field(default_factory=list)  # the clients in the sum
+    bytes_up: int = 0  # every protocol message, client → server
+    bytes_down: int = 0  # every protocol message, server → client (not the global payload)
+    seconds: float = 0.0
+    failures: list[tuple[str, Exception]] = field(default_factory=list)  # who dropped, and why
 
 
 class Runtime:
@@ -15,6 +30,11 @@ class Runtime:
 
     def dispatch(self, tasks: list[ClientTask]) -> Iterator[tuple[str, bytes | Exception]]:
         raise NotImplementedError
+
+    # Secure aggregation. In-process runtimes leave it to the strategy, which runs the whole
+    # protocol among simulated parties; a runtime whose clients are real parties carries the
+    # protocol's messages instead (``secure_dispatch``, see the gRPC runtime).
+    carries_secure_aggregation = False
 
     # Asynchronous rounds (FedBuff). In-process runtimes simulate time: a submitted client
     # finishes ``eta`` simulated seconds after it starts, and its work runs when it finishes.

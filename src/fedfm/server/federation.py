@@ -113,6 +113,8 @@ class Federation:
             for cid in selected
             if cid not in dropped
         ]
+        if self._carried_secure_aggregation():
+            return self._secure_round(rnd, state, template, selected, dropped, tasks, t0)
 
         updates: list[Update] = []
         bytes_up = 0
@@ -146,7 +148,47 @@ class Federation:
 
         bytes_down = len(down_payload) * len(tasks) + secagg_down + self.runtime.take_extra_bytes()
         extra = {"dropped": dropped, **strategy_metrics}
-        self._log_round(rnd, state, updates, bytes_up, bytes_down, t0, extra)
+        # Under secure aggregation the loss, too, is what the server may learn: the summed one.
+        loss = strategy_metrics.get("secagg_loss")
+        self._log_round(rnd, state, updates, bytes_up, bytes_down, t0, extra, loss=loss)
+        return state
+
+    def _carried_secure_aggregation(self) -> bool:
+        """Secure aggregation whose parties are the runtime's real clients (network)."""
+        return bool(
+            getattr(self.runtime, "carries_secure_aggregation", False)
+            and getattr(getattr(self.strategy, "secagg", None), "enabled", False)
+        )
+
+    def _secure_round(self, rnd, state, template, selected, dropped, tasks, t0) -> State:
+        """A round whose clients mask their updates: the runtime carries the protocol, the
+        strategy gets only the sum. ``dropped`` clients share keys, then vanish (as simulated)."""
+        import secrets
+
+        dimension = sum(t.numel() for t in template.values()) + 2  # + w·loss, w
+        protocol = self.strategy.secagg_server(rnd, len(selected), dimension, secrets.token_hex(8))
+
+        def progress(done: int, total: int) -> None:
+            for sink in self.sinks:
+                sink.client_done(rnd, done, total)
+
+        outcome = self.runtime.secure_dispatch(rnd, tasks, selected, protocol, progress)
+        for cid, error in outcome.failures:
+            self._reject(rnd, cid, error)
+        from fedfm.privacy.federated import secagg_metrics
+
+        metrics = secagg_metrics(outcome.bytes_up, outcome.bytes_down, outcome.seconds)
+        metrics["secagg_survivors"] = float(len(outcome.survivors))
+        reference = self.client_view if self.client_view is not None else state
+        state = self.strategy.aggregate_secure(rnd, state, reference, outcome.sum, metrics)
+        strategy_metrics = self.strategy.round_metrics()
+        bytes_down = len(tasks[0].payload) * len(tasks) if tasks else 0
+        bytes_down += outcome.bytes_down + self.runtime.take_extra_bytes()
+        extra = {"dropped": dropped, **strategy_metrics}
+        loss = strategy_metrics.get("secagg_loss", float("nan"))
+        self._log_round(
+            rnd, state, [], outcome.bytes_up, bytes_down, t0, extra, outcome.survivors, loss
+        )
         return state
 
     def _log_round(
@@ -158,27 +200,33 @@ class Federation:
         bytes_down: int,
         t0: float,
         extra: dict[str, Any],
+        clients: list[str] | None = None,
+        loss: float | None = None,
     ) -> None:
-        """Evaluate (when due), write the round's row to the sinks, then checkpoint."""
+        """Evaluate (when due), write the round's row to the sinks, then checkpoint.
+
+        ``clients`` and ``loss`` default to the updates' ids and their weighted mean loss (a
+        secure round has no updates, only the sum)."""
         metrics: dict[str, float] = {}
         if rnd % self.eval_every == 0 or rnd == self.rounds:
             metrics = self.evaluate(state)
         self.totals["bytes_up"] += bytes_up
         self.totals["bytes_down"] += bytes_down
         weights = [u.num_examples for u in updates]
-        train_loss = (
-            float(np.average([u.metrics.get("loss", np.nan) for u in updates], weights=weights))
-            if updates
-            else float("nan")
-        )
+        if loss is None:
+            loss = (
+                float(np.average([u.metrics.get("loss", np.nan) for u in updates], weights=weights))
+                if updates
+                else float("nan")
+            )
         row = {
             "round": rnd,
             "accuracy": metrics.get("accuracy"),
-            "loss": train_loss,
+            "loss": loss,
             "eval_loss": metrics.get("loss"),
             "bytes_up": bytes_up,
             "bytes_down": bytes_down,
-            "clients": [u.client_id for u in updates],
+            "clients": [u.client_id for u in updates] if clients is None else list(clients),
             "rejected": [r["client"] for r in self.rejected if r["round"] == rnd],
             **{k: v for k, v in metrics.items() if k not in ("accuracy", "loss")},
             **extra,

@@ -61,8 +61,6 @@ def check_servable(config: ExperimentConfig) -> None:
             f"federation.mode = {config.federation.mode!r}: only 'federated' runs over the network"
         )
     refusals = [
-        (config.secagg.enabled, "secagg.enabled = true", "secure aggregation"),
-        (config.privacy.dp == "distributed", "privacy.dp = 'distributed'", "distributed DP"),
         (config.privacy.dp == "local", "privacy.dp = 'local'", "example-level DP-SGD"),
         (config.task.type != "classification", f"task.type = {config.task.type!r}", "this task"),
         (config.attack.type != "none", f"attack.type = {config.attack.type!r}", "attacks"),
@@ -72,6 +70,12 @@ def check_servable(config: ExperimentConfig) -> None:
         (config.teacher.type != "none", f"teacher.type = {config.teacher.type!r}", "a teacher"),
         (config.data.labelled_fraction < 1, "data.labelled_fraction < 1", "scarce labels"),
     ]
+    strategy = STRATEGIES.get(STRATEGIES.name_of(type(config.strategy)))
+    if config.secagg.enabled and getattr(strategy, "asynchronous", False):
+        raise ConfigError(
+            "secagg.enabled = true needs synchronous rounds (one protocol instance per round); "
+            f"strategy.name = {STRATEGIES.name_of(type(config.strategy))!r} is asynchronous"
+        )
     for bad, key, what in refusals:
         if bad:
             raise ConfigError(
@@ -162,15 +166,19 @@ def serve(
 
     c = config
     strategy = STRATEGIES.get(STRATEGIES.name_of(type(c.strategy)))(c.strategy, c.federation)
-    if c.privacy.dp != "none":
+    client_privacy = c.privacy
+    if c.privacy.dp != "none" or c.secagg.enabled:
         from fedfm.privacy.federated import ProtectedAggregation
 
         strategy = ProtectedAggregation(strategy, c, len(registry.order))
+        if c.privacy.dp == "distributed":  # clients add noise for σ as the server resolved it
+            sigma = strategy.noise_multiplier
+            client_privacy = replace(c.privacy, noise_multiplier=sigma, target_epsilon=0.0)
     from fedfm.codecs import Pipeline
 
     down, up = Pipeline(c.codec.down, "codec.down"), Pipeline(c.codec.up, "codec.up")
     # What a joining client receives: the experiment without the server's own settings.
-    client_config = config_to_toml(replace(c, server=ServerConfig()))
+    client_config = config_to_toml(replace(c, server=ServerConfig(), privacy=client_privacy))
     min_clients = c.server.min_clients or c.federation.clients_per_round
     runtime = GrpcRuntime(
         c.server,

@@ -23,6 +23,7 @@ from fedfm.client.app import ClientTask
 from fedfm.codecs.wire import unpack_groups
 from fedfm.config import parse_config_text
 from fedfm.errors import NetworkError, ProtocolError
+from fedfm.privacy.secagg import ABORT, SecAggClient, decode_message, encode_message
 from fedfm.runtimes.grpc import fedfm_pb2 as pb
 from fedfm.runtimes.grpc import fedfm_pb2_grpc as pb_grpc
 from fedfm.runtimes.grpc.protocol import VERSION, chunks, instructions_from_json, sha256
@@ -86,6 +87,9 @@ class NetworkClient:
         self.session = ""
         self.client_index = 0
         self.config_toml = ""
+        self.config = None  # the server's experiment, once joined
+        self._secagg: SecAggClient | None = None  # this round's secure-aggregation party
+        self._abandoned = ""  # a session we cannot take part in
 
     # plumbing --------------------------------------------------------------------------------
     def _call(self, fn: Callable, *args, rejoin: bool = True, **kwargs):
@@ -147,8 +151,12 @@ class NetworkClient:
             raise ProtocolError(f"{what} download of round {rnd} is corrupted (sha256 mismatch)")
         return payload
 
-    def upload(self, rnd: int, payload: bytes, chunk_size: int, start: int = 0) -> tuple[bool, str]:
-        """Send ``payload`` from byte ``start``; resumes after broken streams. (accepted, reason)"""
+    def upload(
+        self, rnd: int, payload: bytes, chunk_size: int, start: int = 0, stage: str = ""
+    ) -> tuple[bool, str]:
+        """Send ``payload`` from byte ``start``; resumes after broken streams. (accepted, reason)
+
+        ``stage`` names the secure-aggregation stage the upload answers ("" for an update)."""
         digest, offset, attempts = sha256(payload), start, 0
         size = min(chunk_size, self.chunk_size or chunk_size)
         while True:
@@ -161,6 +169,7 @@ class NetworkClient:
                     data=piece,
                     total_size=len(payload),
                     sha256=digest,
+                    stage=stage,
                 )
                 for o, piece in chunks(payload, size, offset)
             )
@@ -181,7 +190,7 @@ class NetworkClient:
                 status = self._call(
                     self.stub.UploadStatus,
                     pb.StatusRequest(
-                        version=VERSION, session=self.session, round=rnd, sha256=digest
+                        version=VERSION, session=self.session, round=rnd, sha256=digest, stage=stage
                     ),
                 )
                 if status.accepted:
@@ -194,7 +203,8 @@ class NetworkClient:
         server knows we are alive while we load the model or train."""
         while not stop.wait(self.heartbeat_seconds):
             with contextlib.suppress(grpc.RpcError):  # the main loop notices real trouble
-                self.stub.Poll(pb.PollRequest(version=VERSION, session=self.session), timeout=10)
+                beat = pb.PollRequest(version=VERSION, session=self.session, heartbeat=True)
+                self.stub.Poll(beat, timeout=10)
 
     # the loop --------------------------------------------------------------------------------
     def run(self, data: str | Path, build_app=None, max_rounds: int | None = None) -> JoinResult:
@@ -208,6 +218,7 @@ class NetworkClient:
         beat.start()
         try:
             config = parse_config_text(self.config_toml, "the server's experiment config")
+            self.config = config
             app = build_app(config, data, self.client_id, self.client_index)
             return self._serve(app, max_rounds)
         finally:
@@ -232,6 +243,9 @@ class NetworkClient:
                 if reply.kind == pb.PollReply.WAIT:
                     time.sleep(reply.wait_seconds or 0.5)
                     continue
+                if reply.kind == pb.PollReply.SECAGG:
+                    self._secagg_step(app, reply)
+                    continue
                 last_round = self._fit(app, reply, last_round, result)
             except _Rejoin:
                 log.info("the server no longer knows this session (restarted?): joining again")
@@ -240,6 +254,11 @@ class NetworkClient:
 
     def _fit(self, app, reply, last_round: int, result: JoinResult) -> int:
         rnd = reply.round
+        protocol = None
+        if reply.stage == "masked":  # secure aggregation: the upload is the masked input
+            protocol = self._protocol(reply)
+            if protocol is None:
+                return last_round
         try:
             if reply.sync_size:
                 blob = self.download(rnd, "sync", reply.sync_size, reply.sync_sha256)
@@ -249,8 +268,19 @@ class NetworkClient:
             log.warning("round %d: %s", rnd, e)
             return last_round
         instructions = instructions_from_json(reply.instructions_json)
-        update = app.handle(ClientTask(self.client_id, payload, instructions))
-        accepted, reason = self.upload(rnd, update, reply.chunk_size or (1 << 20))
+        task = ClientTask(self.client_id, payload, instructions)
+        if protocol is not None:
+            try:
+                forwarded = self._secagg_message(reply)
+                vector = app.secure_input(task, self.config.privacy.dp == "distributed")
+                update = encode_message(protocol.masked_input(forwarded, vector))
+            except (NetworkError, ProtocolError) as e:
+                self._abandon(reply, e)
+                return last_round
+        else:
+            update = app.handle(task)
+        chunk_size = reply.chunk_size or (1 << 20)
+        accepted, reason = self.upload(rnd, update, chunk_size, stage=reply.stage)
         if accepted:
             result.uploads_accepted += 1
             log.info("round %d: update of %d bytes accepted", rnd, len(update))
@@ -259,3 +289,72 @@ class NetworkClient:
             log.warning("round %d: the server refused our update: %s", rnd, reason)
         result.rounds.append(rnd)
         return rnd
+
+    # secure aggregation ----------------------------------------------------------------------
+    def _protocol(self, reply) -> SecAggClient | None:
+        """This round's protocol state: made at the "keys" stage, None if we never had it (this
+        process started after the round's key sharing: the server drops us from the round)."""
+        protocol = self._secagg
+        if protocol is None or protocol.session != reply.secagg_session:
+            if self._abandoned == reply.secagg_session:
+                time.sleep(reply.wait_seconds or 0.5)
+            else:
+                self._abandon(reply, "the round's key sharing began before this process joined")
+            return None
+        return protocol
+
+    def _abandon(self, reply, error: Exception | str) -> None:
+        """Leave this round's protocol (a message we refuse, a stage that closed meanwhile, a
+        round that began before we joined) and tell the server, which counts us as dropped
+        instead of waiting for us; we wait for the next round."""
+        log.warning(
+            "round %d: leaving secure aggregation (%s): %s", reply.round, reply.stage, error
+        )
+        self._secagg, self._abandoned = None, reply.secagg_session
+        notice = encode_message(
+            {
+                "type": ABORT,
+                "session": reply.secagg_session,
+                "client": self.client_id,
+                "reason": str(error)[:500],
+            }
+        )
+        with contextlib.suppress(NetworkError):  # the stage may be closed already
+            self.upload(reply.round, notice, reply.chunk_size or (1 << 20), stage=reply.stage)
+
+    def _secagg_message(self, reply) -> dict:
+        blob = self.download(reply.round, "secagg", reply.secagg_size, reply.secagg_sha256)
+        return decode_message(blob)
+
+    def _secagg_step(self, app, reply) -> None:
+        """Answer one secure-aggregation stage: advertise keys, share keys, or unmask."""
+        rnd, stage = reply.round, reply.stage
+        try:
+            if stage == "keys":
+                s = self.config.secagg
+                dimension = sum(t.numel() for t in app.template.values()) + 2  # + w·loss, w
+                self._secagg = SecAggClient(
+                    self.client_id,
+                    dimension,
+                    fraction_bits=s.fraction_bits,
+                    modulus_bits=s.modulus_bits,
+                    session=reply.secagg_session,
+                )
+                message = self._secagg.advertise_keys()
+            elif stage in ("shares", "unmask"):
+                protocol = self._protocol(reply)
+                if protocol is None:
+                    return
+                inbound = self._secagg_message(reply)
+                answer = protocol.share_keys if stage == "shares" else protocol.unmask
+                message = answer(inbound)
+            else:
+                raise ProtocolError(f"unknown secure-aggregation stage {stage!r}")
+        except (NetworkError, ProtocolError) as e:
+            self._abandon(reply, e)
+            return
+        accepted, reason = self.upload(
+            rnd, encode_message(message), reply.chunk_size or (1 << 20), stage=stage
+        )
+        if not accepted:
+            log.warning("round %d: the server refused our %s message: %s", rnd, stage, reason)

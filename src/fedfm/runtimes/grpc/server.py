@@ -26,8 +26,8 @@ from pathlib import Path
 import grpc
 
 from fedfm.config import ServerConfig
-from fedfm.errors import ConfigError, NetworkError
-from fedfm.runtimes.base import Runtime
+from fedfm.errors import ConfigError, NetworkError, ProtocolError
+from fedfm.runtimes.base import Runtime, SecureRound
 from fedfm.runtimes.grpc import fedfm_pb2 as pb
 from fedfm.runtimes.grpc import fedfm_pb2_grpc as pb_grpc
 from fedfm.runtimes.grpc.auth import ClientRegistry, RateLimiter
@@ -57,11 +57,22 @@ class Assignment:
     payload_sha: str
     deadline: float
     status: str = "open"  # open | received
+    # Secure aggregation: "" for a plain fit; "keys", "shares", "masked" (the fit, answered by a
+    # masked input) or "unmask". ``message`` is the protocol's message to this client.
+    stage: str = ""
+    session: str = ""
+    message: bytes = b""
+    message_sha: str = ""
+
+    @property
+    def fit(self) -> bool:
+        return self.stage in ("", "masked")
 
 
 @dataclass
 class PartialUpload:
     round: int
+    stage: str
     sha: str
     total: int
     data: bytearray = field(default_factory=bytearray)
@@ -75,8 +86,9 @@ class Board:
         self.lock = threading.RLock()
         self.assignments: dict[str, Assignment] = {}
         self.uploads: dict[tuple[str, int, str], PartialUpload] = {}
-        self.accepted: set[tuple[str, int]] = set()
-        self.results: queue.Queue[tuple[str, bytes | Exception]] = queue.Queue()
+        self.accepted: set[tuple[str, int, str]] = set()  # (client, round, stage)
+        # (client, round, stage, payload) of every accepted upload, in arrival order
+        self.results: queue.Queue[tuple[str, int, str, bytes]] = queue.Queue()
         self.heard: dict[str, float] = {}
         self.sessions: dict[str, str] = {}  # session → client id
         self.finished = False
@@ -198,7 +210,8 @@ class FedFMService(pb_grpc.FedFMServicer):
         board = self.board
         with board.lock:
             if board.finished:
-                board.told_done.add(cid)
+                if not request.heartbeat:  # the client's main loop has heard it
+                    board.told_done.add(cid)
                 return pb.PollReply(version=VERSION, kind=pb.PollReply.DONE)
             a = board.assignments.get(cid)
             if a is None or a.status != "open":
@@ -207,15 +220,20 @@ class FedFMService(pb_grpc.FedFMServicer):
                 )
             reply = pb.PollReply(
                 version=VERSION,
-                kind=pb.PollReply.FIT,
+                kind=pb.PollReply.FIT if a.fit else pb.PollReply.SECAGG,
                 round=a.round,
                 instructions_json=a.instructions_json,
                 payload_size=len(a.payload),
                 payload_sha256=a.payload_sha,
                 deadline_seconds=max(0.0, a.deadline - time.monotonic()),
                 chunk_size=self.settings.chunk_size,
+                stage=a.stage,
+                secagg_session=a.session,
+                secagg_size=len(a.message),
+                secagg_sha256=a.message_sha,
             )
-        if self.stateful_downlink and a.round > 1 and request.last_round != a.round - 1:
+        stale = a.round > 1 and request.last_round != a.round - 1
+        if a.fit and self.stateful_downlink and stale:
             blob, digest = board.sync_blob()
             reply.sync_size, reply.sync_sha256 = len(blob), digest
         return reply
@@ -233,17 +251,20 @@ class FedFMService(pb_grpc.FedFMServicer):
                     cid,
                     request.round,
                 )
-            if request.what == "global":
+            if request.what == "global" and a.fit:
                 data, digest = a.payload, a.payload_sha
-            elif request.what == "sync":
+            elif request.what == "sync" and a.fit:
                 data, digest = self.board.sync_blob()
                 if request.offset == 0:
                     self.board.sync_bytes += len(data)
+            elif request.what == "secagg" and a.stage:
+                data, digest = a.message, a.message_sha
             else:
                 self._refuse(
                     context,
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    f"download what = {request.what!r}; allowed: 'global', 'sync'",
+                    f"download what = {request.what!r} in stage {a.stage or 'fit'!r}; allowed: "
+                    "'global' and 'sync' (fit), 'secagg' (secure aggregation)",
                     cid,
                 )
         if request.offset > len(data):
@@ -293,7 +314,7 @@ class FedFMService(pb_grpc.FedFMServicer):
         self._check_version(request.version, context)
         cid = self._client(request.session, context)
         with self.board.lock:
-            if (cid, request.round) in self.board.accepted:
+            if (cid, request.round, request.stage) in self.board.accepted:
                 return pb.UploadReply(version=VERSION, accepted=True)
             up = self.board.uploads.get((cid, request.round, request.sha256))
             received = len(up.data) if up else 0
@@ -303,11 +324,16 @@ class FedFMService(pb_grpc.FedFMServicer):
     def _open_upload(self, cid: str, chunk) -> tuple[PartialUpload | None, str | None]:
         board = self.board
         with board.lock:
-            if (cid, chunk.round) in board.accepted:
+            if (cid, chunk.round, chunk.stage) in board.accepted:
                 return None, f"round {chunk.round}: an update was already accepted (replay)"
             a = board.assignments.get(cid)
             if a is None or a.round != chunk.round or a.status != "open":
                 return None, f"round {chunk.round} is not open for this client (out-of-round)"
+            if chunk.stage != a.stage:
+                return None, (
+                    f"round {chunk.round}: an upload for stage {chunk.stage or 'fit'!r}, the "
+                    f"server waits for {a.stage or 'fit'!r}"
+                )
             if chunk.total_size < 1 or chunk.total_size > self.max_payload:
                 return None, (
                     f"declared size {chunk.total_size} bytes is outside 1 … {self.max_payload}"
@@ -320,12 +346,15 @@ class FedFMService(pb_grpc.FedFMServicer):
                 # a fresh upload replaces any other partial one of this client and round
                 for k in [k for k in board.uploads if k[:2] == (cid, chunk.round)]:
                     del board.uploads[k]
-                up = board.uploads[key] = PartialUpload(chunk.round, chunk.sha256, chunk.total_size)
+                up = board.uploads[key] = PartialUpload(
+                    chunk.round, chunk.stage, chunk.sha256, chunk.total_size
+                )
             return up, None
 
     def _append(self, up: PartialUpload, chunk) -> str | None:
-        if chunk.round != up.round or chunk.sha256 != up.sha or chunk.total_size != up.total:
-            return "a chunk disagrees with its upload's round, size or sha256"
+        declared = (chunk.round, chunk.stage, chunk.sha256, chunk.total_size)
+        if declared != (up.round, up.stage, up.sha, up.total):
+            return "a chunk disagrees with its upload's round, stage, size or sha256"
         if chunk.offset != len(up.data):
             return f"chunk at offset {chunk.offset}, expected {len(up.data)}"
         if len(chunk.data) == 0 or len(chunk.data) > self.settings.chunk_size:
@@ -356,16 +385,17 @@ class FedFMService(pb_grpc.FedFMServicer):
             return pb.UploadReply(version=VERSION, accepted=False, reason=reason)
         with self.board.lock:
             a = self.board.assignments.get(cid)
-            if a is None or a.round != up.round or a.status != "open":
+            if a is None or a.round != up.round or a.status != "open" or a.stage != up.stage:
                 reason = f"round {up.round} closed before the upload completed (late)"
                 self.board.uploads.pop((cid, up.round, up.sha), None)
                 self.store.event("late", cid, up.round, reason)
                 return pb.UploadReply(version=VERSION, accepted=False, reason=reason)
             a.status = "received"
-            self.board.accepted.add((cid, up.round))
+            self.board.accepted.add((cid, up.round, up.stage))
             self.board.uploads.pop((cid, up.round, up.sha), None)
-        self.store.save_update(up.round, cid, payload)
-        self.board.results.put((cid, payload))
+        if not up.stage:  # a masked input is worthless once its protocol instance is gone
+            self.store.save_update(up.round, cid, payload)
+        self.board.results.put((cid, up.round, up.stage, payload))
         return pb.UploadReply(version=VERSION, accepted=True, received=len(payload))
 
 
@@ -487,45 +517,25 @@ class GrpcRuntime(Runtime):
             self.board.round = rnd
             self.board.sync = sync
 
-    def dispatch(self, tasks):
-        board = self.board
-        start = time.monotonic()
-        deadline = start + self.settings.round_timeout
-        pending: set[str] = set()
-        rnd = tasks[0].instructions.round if tasks else 0
-        self.store.round_started(rnd, [t.client_id for t in tasks])
-        with board.lock:
-            board.assignments.clear()
-            for k in [k for k in board.uploads if k[1] < rnd]:
-                del board.uploads[k]
-        for task in tasks:
-            stored = self.store.stored_update(rnd, task.client_id)
-            if stored is not None:  # arrived before a server restart: not asked again
-                log.info("round %d: reusing the stored update of client %s", rnd, task.client_id)
-                with board.lock:
-                    board.accepted.add((task.client_id, rnd))
-                yield task.client_id, stored
-                continue
-            with board.lock:
-                board.assignments[task.client_id] = Assignment(
-                    task.client_id,
-                    rnd,
-                    instructions_to_json(task.instructions),
-                    task.payload,
-                    sha256(task.payload),
-                    deadline,
-                )
-            pending.add(task.client_id)
-        received: list[str] = []
+    def _assign(self, assignments: list[Assignment]) -> None:
+        """Open this stage's work: every other assignment closes (late uploads are refused)."""
+        with self.board.lock:
+            self.board.assignments = {a.client_id: a for a in assignments}
+
+    def _collect(
+        self, rnd: int, stage: str, pending: set[str], start: float, deadline: float
+    ) -> Iterator[tuple[str, bytes | Exception]]:
+        """Each pending client's upload of ``stage`` as it arrives; a client past the round
+        deadline, or silent for ``client_timeout``, yields a NetworkError instead."""
+        board, pending = self.board, set(pending)
         while pending:
             try:
-                cid, result = board.results.get(timeout=0.2)
+                cid, r, st, payload = board.results.get(timeout=0.2)
             except queue.Empty:
-                cid, result = None, None
-            if cid is not None and cid in pending:
+                cid = None
+            if cid in pending and (r, st) == (rnd, stage):
                 pending.discard(cid)
-                received.append(cid)
-                yield cid, result
+                yield cid, payload
             now = time.monotonic()
             for c in sorted(pending):
                 with board.lock:
@@ -541,9 +551,127 @@ class GrpcRuntime(Runtime):
                     self.store.event("straggler", c, rnd, reason)
                     pending.discard(c)
                     yield c, NetworkError(f"client {c} {reason}")
-        with board.lock:
-            board.assignments.clear()
+
+    def dispatch(self, tasks):
+        start = time.monotonic()
+        deadline = start + self.settings.round_timeout
+        rnd = tasks[0].instructions.round if tasks else 0
+        self.store.round_started(rnd, [t.client_id for t in tasks])
+        self._forget_uploads_before(rnd)
+        open_work: list[Assignment] = []
+        for task in tasks:
+            stored = self.store.stored_update(rnd, task.client_id)
+            if stored is not None:  # arrived before a server restart: not asked again
+                log.info("round %d: reusing the stored update of client %s", rnd, task.client_id)
+                with self.board.lock:
+                    self.board.accepted.add((task.client_id, rnd, ""))
+                yield task.client_id, stored
+                continue
+            open_work.append(self._fit_assignment(task, deadline))
+        self._assign(open_work)
+        received: list[str] = []
+        pending = {a.client_id for a in open_work}
+        for cid, result in self._collect(rnd, "", pending, start, deadline):
+            if not isinstance(result, Exception):
+                received.append(cid)
+            yield cid, result
+        self._assign([])
         self.store.round_finished(rnd, received)
+
+    def _forget_uploads_before(self, rnd: int) -> None:
+        with self.board.lock:
+            for k in [k for k in self.board.uploads if k[1] < rnd]:
+                del self.board.uploads[k]
+
+    def _fit_assignment(self, task, deadline: float, **secure) -> Assignment:
+        return Assignment(
+            task.client_id,
+            task.instructions.round,
+            instructions_to_json(task.instructions),
+            task.payload,
+            sha256(task.payload),
+            deadline,
+            **secure,
+        )
+
+    # secure aggregation -----------------------------------------------------------------------
+    carries_secure_aggregation = True
+
+    def secure_dispatch(self, rnd: int, tasks, sharers: list[str], protocol, progress=None):
+        """One round under secure aggregation: the four protocol rounds of
+        :mod:`fedfm.privacy.secagg` carried as stages, the fit inside the third.
+
+        ``sharers`` take part in key sharing (the selected clients, including those that the
+        simulated faults drop before training); ``tasks`` are the clients asked to train, whose
+        upload is a masked input instead of an update. ``protocol`` is the server's
+        :class:`~fedfm.privacy.secagg.SecAggServer`; the server never sees an update, only the
+        sum. Clients that fail a stage (lost, late, or a message the protocol refuses) drop out;
+        fewer than the threshold raises :class:`~fedfm.errors.ProtocolError`.
+        """
+        from fedfm.privacy.secagg import ABORT, decode_message, encode_message
+
+        start = time.monotonic()
+        deadline = start + self.settings.round_timeout
+        self.store.round_started(rnd, [t.client_id for t in tasks])
+        self._forget_uploads_before(rnd)
+        out = SecureRound()
+        session = protocol.session
+
+        def stage(name, receive, messages: dict[str, bytes], fits: dict | None = None) -> None:
+            """Send each client its message, feed each answer to the protocol as it arrives."""
+            work = []
+            for cid, message in messages.items():
+                secure = {"stage": name, "session": session, "message": message}
+                secure["message_sha"] = sha256(message)
+                if fits is None:
+                    work.append(Assignment(cid, rnd, "", b"", "", deadline, **secure))
+                else:
+                    work.append(self._fit_assignment(fits[cid], deadline, **secure))
+                out.bytes_down += len(message)
+            self._assign(work)
+            answers = self._collect(rnd, name, set(messages), start, deadline)
+            for answered, (cid, result) in enumerate(answers, start=1):
+                try:
+                    if isinstance(result, Exception):
+                        raise result
+                    out.bytes_up += len(result)
+                    message = decode_message(result)
+                    if message.get("client") != cid:
+                        raise ProtocolError(
+                            f"a message naming client {message.get('client')!r} came from {cid!r}"
+                        )
+                    if message.get("type") == ABORT:
+                        raise ProtocolError(f"the client left: {message.get('reason')}")
+                    receive(message)
+                except (ProtocolError, NetworkError) as e:
+                    log.warning(
+                        "round %d: %s drops out of secure aggregation at stage %r: %s",
+                        rnd,
+                        cid,
+                        name,
+                        e,
+                    )
+                    out.failures.append((cid, e))
+                if fits is not None and progress is not None:
+                    progress(answered, len(messages))
+            self._assign([])
+
+        stage("keys", protocol.receive_keys, dict.fromkeys(sharers, b""))
+        roster = protocol.roster()  # raises below the threshold, as every closing step does
+        encoded = encode_message(roster)
+        stage("shares", protocol.receive_shares, dict.fromkeys(roster["clients"], encoded))
+        forwarded = protocol.forward_shares()
+        fits = {t.client_id: t for t in tasks if t.client_id in forwarded}
+        masked = {cid: encode_message(forwarded[cid]) for cid in fits}
+        stage("masked", protocol.receive_masked, masked, fits)
+        request = protocol.unmask_request()
+        encoded = encode_message(request)
+        stage("unmask", protocol.receive_unmask, dict.fromkeys(request["survivors"], encoded))
+        out.sum = protocol.result()
+        out.survivors = protocol.survivors
+        out.seconds = time.monotonic() - start
+        self.store.round_finished(rnd, out.survivors)
+        return out
 
     # asynchronous rounds: real time --------------------------------------------------------
     def submit(self, task, eta: float = 0.0) -> None:
@@ -570,7 +698,7 @@ class GrpcRuntime(Runtime):
         board = self.board
         while True:
             try:
-                cid, result = board.results.get(timeout=0.2)
+                cid, _, _, result = board.results.get(timeout=0.2)
             except queue.Empty:
                 cid, result = None, None
             now = time.monotonic()
