@@ -1,0 +1,36 @@
+"""What ``fedfm serve`` accepts and refuses before anything is loaded."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedfm.config import load_config
+from fedfm.errors import ConfigError
+from fedfm.server.serve import check_servable
+
+SERVED = ["server.tokens_file=tokens.txt"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["secagg.enabled=true"],
+        ["secagg.enabled=true", "privacy.dp=distributed", "privacy.noise_multiplier=1"],
+        ["privacy.dp=central", "privacy.noise_multiplier=1"],
+    ],
+)
+def test_secure_aggregation_and_client_level_dp_are_served(overrides):
+    check_servable(load_config(None, [*SERVED, *overrides]))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["secagg.enabled=true", "strategy.name=fedbuff"], "needs synchronous rounds"),
+        (["privacy.dp=local", "privacy.noise_multiplier=1"], "example-level DP-SGD is simulation"),
+        (["attack.type=sign_flip", "attack.fraction=0.2"], "attacks is simulation-only"),
+    ],
+)
+def test_what_the_network_cannot_honour_is_refused_by_name(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_servable(load_config(None, [*SERVED, *overrides]))
