@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fedfm.config import FederationConfig, load_config
+from fedfm.errors import ConfigError
 from fedfm.state import Update
 from fedfm.strategies import STRATEGIES
 from fedfm.strategies.base import example_weighted_mean
@@ -118,6 +119,29 @@ def test_never_worse_than_averaging_the_factors(seed):
     assert torch.allclose(naive.a, mean_a) and torch.allclose(naive.b, mean_b, atol=1e-7)
     assert rel_error(delta, f.a, f.b) <= rel_error(delta, mean_a, mean_b) + 1e-6
     assert naive.error == pytest.approx(rel_error(delta, mean_a, mean_b), abs=1e-5)
+
+
+def test_both_splits_give_the_same_product_and_a_keeps_the_clients_scale():
+    """The split is a choice of factors for one product: a_scale keeps A's rows orthogonal at the
+    clients' mean row norm; FlexLoRA's sqrt split shrinks them to √σ (small updates, small A)."""
+    a, b = random_factors(7, 4, 4)
+    b = [0.01 * bk for bk in b]  # one round of small updates: σ ≪ A's scale
+    delta = mean_product(a, b, WEIGHTS)
+    scaled = svd_factors(a, b, WEIGHTS, rank=4)
+    root = svd_factors(a, b, WEIGHTS, rank=4, split="sqrt")
+    assert torch.allclose(
+        scaled.b.double() @ scaled.a.double(), root.b.double() @ root.a.double(), atol=1e-7
+    )
+    assert scaled.error == pytest.approx(root.error, abs=1e-6)
+    assert rel_error(delta, scaled.a, scaled.b) == pytest.approx(scaled.error, abs=1e-5)
+    c = sum(w * float(torch.linalg.norm(x)) / 2 for w, x in zip(WEIGHTS, a, strict=True)) / sum(
+        WEIGHTS
+    )
+    gram = scaled.a @ scaled.a.T
+    assert torch.allclose(gram, c**2 * torch.eye(4), atol=1e-5)  # orthogonal rows of norm c
+    assert root.a.norm(dim=1).max() < 0.3 * c  # √σ: far below the scale A trains at
+    with pytest.raises(ValueError, match="split = 'half'"):
+        svd_factors(a, b, WEIGHTS, rank=4, split="half")
 
 
 def test_a_zero_mean_product_gives_zero_b_and_the_mean_a():
@@ -255,3 +279,10 @@ def test_config_names_the_strategy():
     config = load_config(None, ["strategy.name=lora_svd"])
     assert isinstance(config.strategy, LoraSvdSpec)
     assert STRATEGIES.name_of(type(config.strategy)) == "lora_svd"
+    assert config.strategy.split == "a_scale"
+    assert (
+        load_config(None, ["strategy.name=lora_svd", "strategy.split=sqrt"]).strategy.split
+        == "sqrt"
+    )
+    with pytest.raises(ConfigError, match="strategy.split"):
+        load_config(None, ["strategy.name=lora_svd", "strategy.split=half"])

@@ -99,6 +99,7 @@ SCENARIOS: dict[str, Scenario] = {
         variants={
             "int8": ("codec.up=['delta','int8']",),
             "int4": ("codec.up=['delta','int4:block=64']",),
+            "int4+zlib": ("codec.up=['delta','int4:block=64','zlib']",),
             "topk+int8": ("codec.up=['delta','topk:0.1','int8']",),
             "lora_svd": ("strategy.name=lora_svd",),
         },
@@ -121,10 +122,32 @@ SCENARIOS: dict[str, Scenario] = {
             "residual+int8": ("codec.up=['residual','int8']",),
             "ffa-lora": ("method.freeze_a=true",),
             "ffa+int4": ("method.freeze_a=true", "codec.up=['delta','int4:block=64']"),
+            "int4-b128+zlib": ("codec.up=['delta','int4:block=128','zlib']",),
         },
         sweep_clients=(),
         peers=(),
         quick_variants=("fp16",),
+    ),
+    # Naive (FedAvg of A and B) against exact LoRA aggregation (SVD of the mean product) under
+    # the same non-IID split, over three seeds (seed changes the partition, init and batches).
+    "agnews-lora-agg": Scenario(
+        name="agnews-lora-agg",
+        description="naive vs exact (lora_svd) LoRA aggregation, Dirichlet(0.5), seeds 0-2",
+        overrides=tuple(AGNEWS_LORA),
+        rounds=6,
+        quick_rounds=2,
+        quick_overrides=("federation.local_steps=5",),
+        variants={
+            "lora_svd": ("strategy.name=lora_svd",),
+            "lora_svd-sqrt": ("strategy.name=lora_svd", "strategy.split=sqrt"),
+            "fedavg-s1": ("seed=1",),
+            "lora_svd-s1": ("strategy.name=lora_svd", "seed=1"),
+            "fedavg-s2": ("seed=2",),
+            "lora_svd-s2": ("strategy.name=lora_svd", "seed=2"),
+        },
+        sweep_clients=(),
+        peers=(),
+        quick_variants=("lora_svd",),
     ),
     # Methods: bytes per round as a share of the model against accuracy.
     "agnews-methods": Scenario(

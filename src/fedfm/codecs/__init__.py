@@ -13,6 +13,7 @@ e.g. ``up = ["delta", "topk:0.05", "int8"]``; an item is ``name`` or ``name:argu
 | `topk`     | `F` in (0, 1], then `feedback`/`no_feedback` | no       | the k = round(F·n) largest-magnitude values + their int32 indices      |
 | `randk`    | `F` in (0, 1], then `feedback`/`no_feedback` | no       | k = round(F·n) values at seeded random positions, unscaled; no indices |
 | `lora_trim`| —                                            | yes      | each LoRA pair at its kept rank k: A[:k], B[:, :k]; k in the header    |
+| `zlib`     | level 1 … 9 (default 9)                      | yes      | DEFLATE of every tensor's bytes as one blob, no tensor names; put last |
 
 ¹ exact up to one floating-point rounding.
 
@@ -27,11 +28,20 @@ e.g. ``up = ["delta", "topk:0.05", "int8"]``; an item is ``name`` or ``name:argu
   ``residual`` there is nothing to trim (``codecs/lora_trim.py``).
 - ``delta`` and ``residual`` code against the receiver's state, so they come first; each codec
   appears once in a pipeline. Non-floating tensors pass through every codec unchanged.
+- ``zlib`` entropy-codes what the codecs before it produced (after ``int4``: about 3.5 bits a
+  value) and takes the tensor names off the wire; it comes last (``codecs/entropy.py``).
 - Codecs add side tensors named ``<tensor>#scale``, ``<tensor>#idx``, ``#residual.step``; they
   are in the payload, so the bytes reported count them.
 """
 
-from fedfm.codecs import basic, lora_trim, quantize, residual, sparsify  # noqa: F401  (registration)
+from fedfm.codecs import (  # noqa: F401  (registration)
+    basic,
+    entropy,
+    lora_trim,
+    quantize,
+    residual,
+    sparsify,
+)
 from fedfm.codecs.base import CODECS, Codec, CodecContext, Pipeline, parse_codec, peer_seed
 
 __all__ = ["CODECS", "Codec", "CodecContext", "Pipeline", "parse_codec", "peer_seed"]

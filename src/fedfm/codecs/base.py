@@ -84,6 +84,8 @@ class Codec:
     lossless: ClassVar[bool] = True
     # Codes the state against ctx.reference (the model's own tensors): must come first.
     first_only: ClassVar[bool] = False
+    # Turns the tensors into one opaque blob (entropy coding): must come last.
+    last_only: ClassVar[bool] = False
     # Whether Pipeline.encode calls commit() with what the receiver will reconstruct.
     commits: bool = False
 
@@ -179,6 +181,11 @@ class Pipeline:
                 raise ConfigError(
                     f"{field} item {self.specs[i]!r}: {names[i]!r} appears twice; "
                     "each codec may appear once in a pipeline"
+                )
+            if codec.last_only and i < len(self.codecs) - 1:
+                raise ConfigError(
+                    f"{field} item {self.specs[i]!r} must come last: it turns the tensors into "
+                    f"one compressed blob, so {self.specs[i + 1]!r} cannot follow it"
                 )
             if codec.first_only and i > 0:
                 raise ConfigError(

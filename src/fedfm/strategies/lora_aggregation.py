@@ -7,7 +7,14 @@ arXiv:2409.05976). Here the server averages the products and factorises the resu
 FlexLoRA does (Bai et al. 2024, arXiv:2402.11505)::
 
     ΔW = Σₖ nₖ·Bₖ·Aₖ / Σₖ nₖ                              (out × in: the exact mean update)
-    ΔW ≈ U_r·S_r·V_rᵀ  →  B = U_r·√S_r,  A = √S_r·V_rᵀ      (truncated SVD, the global rank r)
+    ΔW ≈ U_r·S_r·V_rᵀ  →  B = U_r·S_r / c,  A = c·V_rᵀ      (truncated SVD, the global rank r)
+
+Any split B·A = U_r·S_r·V_rᵀ is as exact as any other (the factors are free up to an invertible
+r × r matrix), but the next round trains from it. FlexLoRA's B = U·√S, A = √S·Vᵀ shrinks A's rows
+to √σᵢ, which after a round of small updates is far below the scale LoRA initialised A at, and
+B's gradient is proportional to A·x: the next round then learns more slowly. The default split
+(``split = "a_scale"``) gives A orthogonal rows at c, the clients' mean row norm of A, and puts
+the singular values into B; ``split = "sqrt"`` is FlexLoRA's.
 
 The truncated SVD is the best rank-r approximation of ΔW in Frobenius norm (Eckart & Young 1936),
 so the result is never further from the exact mean than mean(B)·mean(A), and it is exact when the
@@ -112,20 +119,40 @@ def _padded_mean_a(a_factors, weights, rank: int) -> torch.Tensor:
     return out
 
 
+SPLITS = ("a_scale", "sqrt")
+
+
+def _a_row_scale(a_factors, weights) -> float:
+    """c: the clients' weighted mean RMS row norm of A (‖Aₖ‖_F / √rₖ); 1 if every A is zero."""
+    w = _normalised(weights, len(a_factors))
+    c = sum(
+        wk * float(torch.linalg.matrix_norm(a.to(_DTYPE))) / a.shape[0] ** 0.5
+        for a, wk in zip(a_factors, w, strict=True)
+        if a.shape[0] > 0
+    )
+    return c if c > 0 else 1.0
+
+
 def svd_factors(
     a_factors: Sequence[torch.Tensor],
     b_factors: Sequence[torch.Tensor],
     weights: Sequence[float],
     rank: int,
     scales: Sequence[float] | None = None,
+    split: str = "a_scale",
 ) -> LoraFactors:
     """Rank-``rank`` factors whose B·A is the truncated SVD of ΔW = Σ wₖ·sₖ·Bₖ·Aₖ / Σ wₖ.
+
+    ``split`` chooses the factors of that product (see the module docstring): ``"a_scale"``
+    (A = c·Vᵀ with the clients' row norm c, B = U·S / c) or ``"sqrt"`` (B = U·√S, A = √S·Vᵀ).
 
     Clients may have different ranks rₖ (FlexLoRA); ``scales`` sₖ (default 1) put their products
     on the global adapter's scale, e.g. r_global/rₖ when client k uses alpha/rₖ. Components
     with a zero singular value (ΔW = 0 in round 1, or rank ΔW < ``rank``) get a zero B column and
     the clients' mean A row: B·A is unchanged, and A is not zero, so those directions still train.
     """
+    if split not in SPLITS:
+        raise ValueError(f"split = {split!r} is not allowed; allowed: {', '.join(SPLITS)}")
     b_stack, a_stack = _stacks(a_factors, b_factors, weights, scales)
     out_dim, stacked_rank, in_dim = b_stack.shape[0], b_stack.shape[1], a_stack.shape[1]
     # ΔW = B_stack·A_stack has rank ≤ Σrₖ: take its SVD through thin QRs of the two stacks and
@@ -139,11 +166,15 @@ def svd_factors(
         (s[0] if s.numel() else 0.0) * max(out_dim, in_dim, stacked_rank) * torch.finfo(_DTYPE).eps
     )
     kept = min(rank, int((s > tol).sum()))
-    root = s[:kept].sqrt()
+    if split == "sqrt":
+        b_scale = a_scale = s[:kept].sqrt()
+    else:
+        c = _a_row_scale(a_factors, weights)
+        b_scale, a_scale = s[:kept] / c, torch.full_like(s[:kept], c)
     b = torch.zeros(out_dim, rank, dtype=_DTYPE)
-    b[:, :kept] = (q_b @ u[:, :kept]) * root
+    b[:, :kept] = (q_b @ u[:, :kept]) * b_scale
     a = _padded_mean_a(a_factors, weights, rank)
-    a[:kept] = root[:, None] * (vh[:kept] @ q_a.T)
+    a[:kept] = a_scale[:, None] * (vh[:kept] @ q_a.T)
     # Eckart–Young: ‖ΔW − B·A‖_F² is the sum of the dropped σᵢ² (in float64: no underflow).
     s64 = s.to(torch.float64)
     total = float(s64.square().sum())
@@ -202,12 +233,14 @@ def aggregate_lora(
     template: State,
     rule: str = "svd",
     scales: Sequence[float] | None = None,
+    split: str = "a_scale",
 ) -> tuple[State, dict[str, float]]:
     """The next global state, in ``template``'s names, shapes and dtypes, and the error per module.
 
     LoRA pairs (both factors in ``template``) are aggregated by ``rule`` (``"svd"`` or
     ``"zero_pad"``) to the template's rank; the clients' ranks may differ from it. Every other
     tensor is the weighted mean, as in FedAvg. Errors are keyed by :func:`module_name`.
+    ``split`` is :func:`svd_factors`' choice of factors (the ``svd`` rule only).
     """
     if rule not in RULES:
         raise ValueError(f"rule = {rule!r} is not allowed; allowed: {' | '.join(map(repr, RULES))}")
@@ -235,12 +268,14 @@ def aggregate_lora(
             continue
         a_name, b_name = pair_of[name]
         a_ref, b_ref = template[a_name], template[b_name]
+        options = {"split": split} if rule == "svd" else {}
         f = RULES[rule](
             [s[a_name] for s in states],
             [s[b_name] for s in states],
             weights,
             a_ref.shape[0],
             scales,
+            **options,
         )
         if f.a.shape != a_ref.shape or f.b.shape != b_ref.shape:
             raise ValueError(
@@ -269,7 +304,12 @@ def truncate_lora_rank(state: State, rank: int, scale: float = 1.0) -> State:
 
 @dataclass(frozen=True)
 class LoraSvdSpec:
-    pass
+    split: str = "a_scale"  # how the product is cut into B and A: "a_scale" | "sqrt" (FlexLoRA)
+
+    def __post_init__(self) -> None:
+        from fedfm.config import check_choice
+
+        check_choice("strategy.split", self.split, list(SPLITS))
 
 
 @STRATEGIES.register("lora_svd")
@@ -295,7 +335,10 @@ class LoraSvd(Strategy):
                 "method.freeze_a = true, where FedAvg of B is already exact); averaging like fedavg"
             )
         state, self.errors = aggregate_lora(
-            [u.state for u in updates], [u.num_examples for u in updates], global_state
+            [u.state for u in updates],
+            [u.num_examples for u in updates],
+            global_state,
+            split=self.spec.split,
         )
         return state
 
