@@ -29,6 +29,10 @@ def test_secure_aggregation_and_client_level_dp_are_served(overrides):
         (["secagg.enabled=true", "strategy.name=fedbuff"], "needs synchronous rounds"),
         (["privacy.dp=local", "privacy.noise_multiplier=1"], "example-level DP-SGD is simulation"),
         (["attack.type=sign_flip", "attack.fraction=0.2"], "attacks is simulation-only"),
+        (
+            ["warmup.ensemble_steps=5", "warmup.data=../shared/data/agnews/test.tsv"],
+            "FedDF distillation is simulation-only",
+        ),
     ],
 )
 def test_what_the_network_cannot_honour_is_refused_by_name(overrides, message):

@@ -67,6 +67,7 @@ def check_servable(config: ExperimentConfig) -> None:
         (config.privacy.audit, "privacy.audit = true", "the membership audit"),
         (STRATEGIES.name_of(type(config.strategy)) == "fltrust", "strategy fltrust", "FLTrust"),
         (config.warmup.source != "none", f"warmup.source = {config.warmup.source!r}", "warm-up"),
+        (config.warmup.ensemble_steps > 0, "warmup.ensemble_steps > 0", "FedDF distillation"),
         (config.teacher.type != "none", f"teacher.type = {config.teacher.type!r}", "a teacher"),
         (config.data.labelled_fraction < 1, "data.labelled_fraction < 1", "scarce labels"),
     ]
