@@ -103,6 +103,18 @@ class Deployment:
         self.procs[cid] = p
         return p
 
+    def run_to_the_end(self) -> None:
+        """Serve, join every client, and wait until all of them exit cleanly."""
+        try:
+            self.serve()
+            for cid in self.files:
+                self.join(cid)
+            assert self.wait("serve-0") == 0, self.logs()
+            for cid in self.files:
+                assert self.wait(cid, 60) == 0, self.logs()
+        finally:
+            self.kill_all()
+
     def run_dir(self) -> Path:
         return self.root / "runs" / "net"
 
@@ -166,15 +178,7 @@ def simulated(tmp_path_factory):
 
 def test_a_server_and_four_clients_reproduce_the_simulated_run(tmp_path, simulated):
     d = Deployment(tmp_path, [*NET, "server.min_clients=4"])
-    try:
-        d.serve()
-        for cid in d.files:
-            d.join(cid)
-        assert d.wait("serve-0") == 0, d.logs()
-        for cid in d.files:
-            assert d.wait(cid, 60) == 0, d.logs()
-    finally:
-        d.kill_all()
+    d.run_to_the_end()
     summary = json.loads((d.run_dir() / "summary.json").read_text())
     assert summary["final_accuracy"] == simulated.summary["final_accuracy"]
     assert summary["bytes_up_total"] == simulated.summary["bytes_up_total"]
@@ -257,15 +261,7 @@ def test_secure_aggregation_over_the_network_reproduces_the_simulated_run(tmp_pa
 
     simulated = run(load_config(None, SECURE), out=tmp_path / "sim")
     d = Deployment(tmp_path / "net", SECURE)
-    try:
-        d.serve()
-        for cid in d.files:
-            d.join(cid)
-        assert d.wait("serve-0") == 0, d.logs()
-        for cid in d.files:
-            assert d.wait(cid, 60) == 0, d.logs()
-    finally:
-        d.kill_all()
+    d.run_to_the_end()
     summary = json.loads((d.run_dir() / "summary.json").read_text())
     assert summary["final_accuracy"] == simulated.summary["final_accuracy"]
     assert summary["epsilon"] == simulated.summary["epsilon"]
