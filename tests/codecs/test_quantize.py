@@ -134,3 +134,32 @@ def test_bad_options_are_config_errors(item, message):
         Pipeline((item,), "codec.up")
     assert str(info.value).startswith(f"codec.up item {item!r}: ")
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("scale", ["fp16", "bf16"])
+def test_16_bit_scales_halve_the_side_data_and_keep_the_error_bound(scale):
+    x = _randn(61, 37, seed=3)
+    wide, wide_out = _send(["int4:block=32"], OrderedDict(w=x))
+    narrow, out = _send([f"int4:block=32,scale={scale}"], OrderedDict(w=x))
+    tensors, _ = unpack(narrow)
+    blocks = -(-x.numel() // 32)
+    assert tensors["w#scale"].dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[scale]
+    assert _tensor_bytes(wide) - _tensor_bytes(narrow) == 2 * blocks
+    # quantised against the rounded scale: still within half a step of it (plus the clamp)
+    step = tensors["w#scale"].float().repeat_interleave(32)[: x.numel()]
+    relative = 2**-11 if scale == "fp16" else 2**-8
+    bound = step / 2 + 7 * step * relative
+    assert ((out["w"].flatten() - x.flatten()).abs() <= bound + 1e-7).all()
+    assert (out["w"] - wide_out["w"]).abs().max() < 0.1 * x.abs().max()
+
+
+def test_a_scale_that_overflows_float16_is_refused():
+    from fedfm.errors import ProtocolError
+
+    x = OrderedDict(w=torch.full((64,), 1e6))
+    with pytest.raises(ProtocolError, match="overflows torch.float16; use scale=bf16"):
+        _send(["int4:scale=fp16"], x)
+    _, out = _send(["int4:scale=bf16"], x)
+    assert torch.allclose(out["w"], x["w"], rtol=2**-7)
+    with pytest.raises(ConfigError, match="scale must be one of fp32, fp16, bf16"):
+        Pipeline(["int8:scale=int8"], "codec.up")

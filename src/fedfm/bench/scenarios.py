@@ -123,6 +123,7 @@ SCENARIOS: dict[str, Scenario] = {
             "ffa-lora": ("method.freeze_a=true",),
             "ffa+int4": ("method.freeze_a=true", "codec.up=['delta','int4:block=64']"),
             "int4-b128+zlib": ("codec.up=['delta','int4:block=128','zlib']",),
+            "int4-fp16s+zlib": ("codec.up=['delta','int4:block=64,scale=fp16','zlib']",),
         },
         sweep_clients=(),
         peers=(),

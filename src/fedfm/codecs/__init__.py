@@ -8,8 +8,8 @@ e.g. ``up = ["delta", "topk:0.05", "int8"]``; an item is ``name`` or ``name:argu
 | `residual` | —                                            | yes¹     | w − (reference + this peer's last reconstructed delta); an int64 count |
 | `fp16`     | —                                            | no       | floating tensors as float16                                            |
 | `bf16`     | —                                            | no       | floating tensors as bfloat16                                           |
-| `int8`     | `block=N`, `stochastic` (comma-separated)    | no       | int8 per value + a float32 scale per tensor (or per N values)          |
-| `int4`     | `block=N`, `stochastic` (comma-separated)    | no       | 4 bits per value, two per byte + float32 scales as for int8            |
+| `int8`     | `block=N`, `stochastic`, `scale=fp32|fp16|bf16` (comma-separated) | no | int8 per value + a scale per tensor (or per N values), float32 by default |
+| `int4`     | as `int8`                                    | no       | 4 bits per value, two per byte + scales as for int8                    |
 | `topk`     | `F` in (0, 1], then `feedback`/`no_feedback` | no       | the k = round(F·n) largest-magnitude values + their int32 indices      |
 | `randk`    | `F` in (0, 1], then `feedback`/`no_feedback` | no       | k = round(F·n) values at seeded random positions, unscaled; no indices |
 | `lora_trim`| —                                            | yes      | each LoRA pair at its kept rank k: A[:k], B[:, :k]; k in the header    |

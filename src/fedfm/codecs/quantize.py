@@ -6,7 +6,10 @@ s = max|x| / qmax, and decodes to q·s. Symmetric, not affine: updates and delta
 zero, zero stays exactly zero (sparse inputs stay sparse), and one scale per block is all the
 side data. Rounding to nearest errs by at most s/2 per value; stochastic rounding
 (``stochastic``, QSGD-style, Alistarh et al. 2017) errs by less than s but is unbiased:
-E[q·s] = x.
+E[q·s] = x. ``scale=fp16`` or ``scale=bf16`` sends 16-bit scales (half the side data; QLoRA
+compresses its scales for the same reason): the values are quantised against the rounded scale,
+so only the clamp at ±qmax adds an error (≤ qmax · the scale's rounding, 2⁻¹¹ or 2⁻⁸ relative).
+fp16 scales overflow above 65504 (refused) and flush below ~6·10⁻⁸ (those blocks decode to 0).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import re
 import torch
 
 from fedfm.codecs.base import AUX, CODECS, Codec, codec_generator, is_aux, meta
+from fedfm.errors import ProtocolError
 from fedfm.state import State
 
 
@@ -25,28 +29,40 @@ def num_blocks(n: int, block: int | None) -> int:
 
 
 def quantize(
-    x: torch.Tensor, bits: int, block: int | None, generator: torch.Generator | None = None
+    x: torch.Tensor,
+    bits: int,
+    block: int | None,
+    generator: torch.Generator | None = None,
+    scale_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat ``x`` → (int8 values in [−qmax, qmax] of shape (n,), float32 scales (blocks,)).
+    """Flat ``x`` → (int8 values in [−qmax, qmax] of shape (n,), scales (blocks,) in ``scale_dtype``).
 
     With a generator, rounds stochastically (floor(x/s + u), u ~ U[0, 1)); else to nearest.
+    A 16-bit scale is rounded first and the values are quantised against the rounded scale, so
+    the receiver's q·s is what the sender meant (only the clamp at ±qmax can add an error, of at
+    most qmax times the scale's rounding).
     """
     qmax = 2 ** (bits - 1) - 1
     n = x.numel()
     blocks = num_blocks(n, block)
     if n == 0:
-        return torch.zeros(0, dtype=torch.int8), torch.zeros(blocks, dtype=torch.float32)
+        return torch.zeros(0, dtype=torch.int8), torch.zeros(blocks, dtype=scale_dtype)
     size = n if block is None else min(block, n)
     padded = torch.zeros(blocks * size, dtype=torch.float32)
     padded[:n] = x.flatten().float()
     grid = padded.view(blocks, size)  # (blocks, size); the last block is padded with zeros
-    scale = grid.abs().amax(dim=1) / qmax
+    scale = (grid.abs().amax(dim=1) / qmax).to(scale_dtype).float()
+    if not torch.isfinite(scale).all():  # float16 tops out at 65504
+        raise ProtocolError(
+            f"a block's int{bits} scale {float(grid.abs().amax() / qmax):.4g} overflows "
+            f"{scale_dtype}; use scale=bf16 or scale=fp32"
+        )
     y = grid / torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]
     if generator is None:
         q = torch.round(y)
     else:
         q = torch.floor(y + torch.rand(y.shape, generator=generator))
-    return q.clamp_(-qmax, qmax).to(torch.int8).flatten()[:n], scale
+    return q.clamp_(-qmax, qmax).to(torch.int8).flatten()[:n], scale.to(scale_dtype)
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, block: int | None) -> torch.Tensor:
@@ -80,10 +96,13 @@ class _Quantizer(Codec):
     lossless = False
     bits: int
 
+    SCALES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
     def __init__(self, argument: str | None, field: str) -> None:
         self.argument = argument
         self.block: int | None = None
         self.stochastic = False
+        self.scale_dtype = torch.float32
         seen: set[str] = set()
         for option in [] if argument is None else argument.split(","):
             key, eq, value = option.strip().partition("=")
@@ -98,9 +117,17 @@ class _Quantizer(Codec):
                 self.block = int(value)
             elif key == "stochastic" and not eq:
                 self.stochastic = True
+            elif key == "scale" and eq:
+                if value.strip() not in self.SCALES:
+                    raise self.config_error(
+                        field, f"scale must be one of {', '.join(self.SCALES)}, got {value!r}"
+                    )
+                self.scale_dtype = self.SCALES[value.strip()]
             else:
                 raise self.config_error(
-                    field, f"unknown option {option!r}; allowed: block=N (N ≥ 1), stochastic"
+                    field,
+                    f"unknown option {option!r}; allowed: block=N (N ≥ 1), stochastic, "
+                    "scale=fp32|fp16|bf16",
                 )
 
     def _quantizes(self, name: str, t: torch.Tensor) -> bool:
@@ -117,7 +144,7 @@ class _Quantizer(Codec):
                 out[name] = t
                 continue
             out[name] = meta(self._packed_shape(t.numel()), wire_dtype)
-            out[name + AUX + "scale"] = meta((num_blocks(t.numel(), self.block),), torch.float32)
+            out[name + AUX + "scale"] = meta((num_blocks(t.numel(), self.block),), self.scale_dtype)
         return out
 
     def encode(self, tensors, ctx):
@@ -128,7 +155,7 @@ class _Quantizer(Codec):
                 out[name] = t
                 continue
             generator = codec_generator(ctx, codec, name) if self.stochastic else None
-            q, scale = quantize(t, self.bits, self.block, generator)
+            q, scale = quantize(t, self.bits, self.block, generator, self.scale_dtype)
             out[name] = q if self.bits == 8 else pack_int4(q)
             out[name + AUX + "scale"] = scale
         return out
