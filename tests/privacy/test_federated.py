@@ -119,6 +119,11 @@ def test_distributed_dp_under_secure_aggregation_with_a_dropout(tiny_config, tmp
             "use privacy.dp = 'distributed'",
         ),
         (["secagg.enabled=true", "strategy.name=median"], "needs each client's update"),
+        (["secagg.enabled=true", "strategy.name=fedbuff"], "'fedbuff' is asynchronous"),
+        (
+            ["privacy.dp=central", "privacy.noise_multiplier=1", "strategy.name=fedbuff"],
+            "'fedbuff' is asynchronous",
+        ),
         (
             ["privacy.dp=local", "privacy.noise_multiplier=1", "method.type=prompt"],
             "does not support method.type",

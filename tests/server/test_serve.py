@@ -26,7 +26,7 @@ def test_secure_aggregation_and_client_level_dp_are_served(overrides):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["secagg.enabled=true", "strategy.name=fedbuff"], "needs synchronous rounds"),
+        (["secagg.enabled=true", "strategy.name=fedbuff"], "'fedbuff' is asynchronous"),
         (["privacy.dp=local", "privacy.noise_multiplier=1"], "example-level DP-SGD is simulation"),
         (["attack.type=sign_flip", "attack.fraction=0.2"], "attacks is simulation-only"),
         (

@@ -78,6 +78,13 @@ def check_compatible(config) -> None:
             "masked sum (local DP: one mean update, with the accountant); allowed with them: "
             "fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad"
         )
+    if (dp != "none" or secure) and getattr(strategy, "asynchronous", False):
+        raise ConfigError(
+            f"strategy.name = {STRATEGIES.name_of(type(config.strategy))!r} is asynchronous: it "
+            "weighs each update by its staleness, while differential privacy and secure "
+            "aggregation turn one synchronous round's updates into one noisy or masked sum; use "
+            "a synchronous strategy (fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad)"
+        )
     if secure and config.federation.clients_per_round < 2:
         raise ConfigError("secagg.enabled = true needs federation.clients_per_round ≥ 2")
 

@@ -71,12 +71,6 @@ def check_servable(config: ExperimentConfig) -> None:
         (config.teacher.type != "none", f"teacher.type = {config.teacher.type!r}", "a teacher"),
         (config.data.labelled_fraction < 1, "data.labelled_fraction < 1", "scarce labels"),
     ]
-    strategy = STRATEGIES.get(STRATEGIES.name_of(type(config.strategy)))
-    if config.secagg.enabled and getattr(strategy, "asynchronous", False):
-        raise ConfigError(
-            "secagg.enabled = true needs synchronous rounds (one protocol instance per round); "
-            f"strategy.name = {STRATEGIES.name_of(type(config.strategy))!r} is asynchronous"
-        )
     for bad, key, what in refusals:
         if bad:
             raise ConfigError(
