@@ -43,6 +43,8 @@ from fedfm.server.store import ServerStore
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5  # how soon an idle client asks again
+# ... during a secure round, whose four stages each wait for every client's next poll
+SECURE_POLL_SECONDS = 0.1
 GRPC_OVERHEAD = 64 << 10  # room for the fields around a chunk's bytes
 
 
@@ -94,6 +96,7 @@ class Board:
         self.finished = False
         self.told_done: set[str] = set()
         self.sync_bytes = 0  # sync blobs sent this round
+        self.secure = False  # a secure-aggregation round is under way
         self.round = 0
         self.sync: Callable[[], bytes] | None = None
         self._sync_blob: tuple[int, bytes, str] | None = None
@@ -216,7 +219,9 @@ class FedFMService(pb_grpc.FedFMServicer):
             a = board.assignments.get(cid)
             if a is None or a.status != "open":
                 return pb.PollReply(
-                    version=VERSION, kind=pb.PollReply.WAIT, wait_seconds=POLL_SECONDS
+                    version=VERSION,
+                    kind=pb.PollReply.WAIT,
+                    wait_seconds=SECURE_POLL_SECONDS if board.secure else POLL_SECONDS,
                 )
             reply = pb.PollReply(
                 version=VERSION,
@@ -616,6 +621,8 @@ class GrpcRuntime(Runtime):
         self._forget_uploads_before(rnd)
         out = SecureRound()
         session = protocol.session
+        with self.board.lock:
+            self.board.secure = True
 
         def stage(name, receive, messages: dict[str, bytes], fits: dict | None = None) -> None:
             """Send each client its message, feed each answer to the protocol as it arrives."""
@@ -656,17 +663,21 @@ class GrpcRuntime(Runtime):
                     progress(answered, len(messages))
             self._assign([])
 
-        stage("keys", protocol.receive_keys, dict.fromkeys(sharers, b""))
-        roster = protocol.roster()  # raises below the threshold, as every closing step does
-        encoded = encode_message(roster)
-        stage("shares", protocol.receive_shares, dict.fromkeys(roster["clients"], encoded))
-        forwarded = protocol.forward_shares()
-        fits = {t.client_id: t for t in tasks if t.client_id in forwarded}
-        masked = {cid: encode_message(forwarded[cid]) for cid in fits}
-        stage("masked", protocol.receive_masked, masked, fits)
-        request = protocol.unmask_request()
-        encoded = encode_message(request)
-        stage("unmask", protocol.receive_unmask, dict.fromkeys(request["survivors"], encoded))
+        try:
+            stage("keys", protocol.receive_keys, dict.fromkeys(sharers, b""))
+            roster = protocol.roster()  # raises below the threshold, as every closing step does
+            encoded = encode_message(roster)
+            stage("shares", protocol.receive_shares, dict.fromkeys(roster["clients"], encoded))
+            forwarded = protocol.forward_shares()
+            fits = {t.client_id: t for t in tasks if t.client_id in forwarded}
+            masked = {cid: encode_message(forwarded[cid]) for cid in fits}
+            stage("masked", protocol.receive_masked, masked, fits)
+            request = protocol.unmask_request()
+            encoded = encode_message(request)
+            stage("unmask", protocol.receive_unmask, dict.fromkeys(request["survivors"], encoded))
+        finally:
+            with self.board.lock:
+                self.board.secure = False
         out.sum = protocol.result()
         out.survivors = protocol.survivors
         out.seconds = time.monotonic() - start
