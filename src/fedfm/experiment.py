@@ -51,7 +51,7 @@ from fedfm.state import State, clone_state
 from fedfm.strategies import STRATEGIES
 from fedfm.tasks.causal_lm import CausalLMTask
 from fedfm.tasks.classification import ClassificationTask
-from fedfm.tasks.models import load_causal_lm, load_encoder, resolve_model
+from fedfm.tasks.models import load_causal_lm, load_encoder, tokenizer_key
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def prepare(config: ExperimentConfig) -> Prepared:
     if causal_lm:
         tokenizer, model = load_causal_lm(config.model.name, config.federation.precision)
         model_loaded_at = time.time()
-        key = f"{resolve_model(config.model.name)}|{type(tokenizer).__name__}|{len(tokenizer)}"
+        key = tokenizer_key(config.model.name, tokenizer)
         train_tokens = tokenize_instructions(train, tokenizer, key, d.max_length)
         test_tokens = tokenize_instructions(test, tokenizer, key, d.max_length)
         task = CausalLMTask(
@@ -158,7 +158,7 @@ def prepare(config: ExperimentConfig) -> Prepared:
         m = config.model
         tokenizer, encoder = load_encoder(m.name, m.init, m.layers, config.seed)
         model_loaded_at = time.time()
-        key = f"{resolve_model(config.model.name)}|{type(tokenizer).__name__}|{len(tokenizer)}"
+        key = tokenizer_key(config.model.name, tokenizer)
         train_tokens = tokenize(train.texts, tokenizer, key, d.max_length)
         test_tokens = tokenize(test.texts, tokenizer, key, d.max_length)
         task = ClassificationTask(

@@ -21,7 +21,7 @@ from fedfm.data.tokens import tokenize
 from fedfm.errors import ConfigError, DataError
 from fedfm.methods import METHODS
 from fedfm.tasks.classification import ClassificationTask
-from fedfm.tasks.models import load_encoder, resolve_model
+from fedfm.tasks.models import load_encoder, tokenizer_key
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def build_client_app(
         raise DataError(f"--data {str(train_file)!r} has no rows")
     m = config.model
     tokenizer, encoder = load_encoder(m.name, m.init, m.layers, config.seed)
-    key = f"{resolve_model(config.model.name)}|{type(tokenizer).__name__}|{len(tokenizer)}"
+    key = tokenizer_key(config.model.name, tokenizer)
     tokens = tokenize(data.texts, tokenizer, key, d.max_length)
     method = METHODS.get(METHODS.name_of(type(config.method)))(config.method)
     task = ClassificationTask(

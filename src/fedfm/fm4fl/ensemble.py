@@ -18,44 +18,23 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedfm.state import FitInstructions, State, Update
-from fedfm.strategies.base import Strategy
+from fedfm.strategies.base import Strategy, WrappedStrategy
 
 if TYPE_CHECKING:
     from fedfm.client.trainer import Trainer
 
 
-class EnsembleDistillation(Strategy):
+class EnsembleDistillation(WrappedStrategy):
     """Wraps a strategy: its aggregate, then distillation of the round's client ensemble."""
 
     def __init__(self, inner: Strategy, trainer: Trainer, tokens, config) -> None:
-        super().__init__(inner.spec, inner.federation)
-        self.inner = inner
+        super().__init__(inner)
         self.trainer = trainer
         self.tokens = tokens  # the transfer table, tokenised
         self.steps = config.warmup.ensemble_steps
         self.lr = config.warmup.lr or config.federation.lr
         self.batch_size = config.warmup.batch_size
         self.temperature = config.teacher.temperature
-        self._metrics: dict[str, float] = {}
-
-    # The inner strategy decides selection and instructions and keeps its own state.
-    def select(self, round, clients, k, rng):
-        return self.inner.select(round, clients, k, rng)
-
-    def configure_fit(self, round, client_id):
-        return self.inner.configure_fit(round, client_id)
-
-    def dropped(self, round, client_ids):
-        self.inner.dropped(round, client_ids)
-
-    def state_dict(self):
-        return self.inner.state_dict()
-
-    def load_state_dict(self, tensors):
-        self.inner.load_state_dict(tensors)
-
-    def round_metrics(self) -> dict[str, float]:
-        return {**self.inner.round_metrics(), **self._metrics}
 
     def ensemble(self, updates: list[Update]) -> np.ndarray:
         """The mean of the clients' tempered probabilities on the transfer table."""
@@ -90,9 +69,9 @@ def wrap(strategy: Strategy, trainer: Trainer, config) -> EnsembleDistillation:
     """``strategy`` with FedDF after every aggregation, on ``warmup.data``'s transfer table."""
     from fedfm.data.tokens import tokenize
     from fedfm.fm4fl.warmup import transfer_texts
-    from fedfm.tasks.models import resolve_model
+    from fedfm.tasks.models import tokenizer_key
 
     tokenizer = trainer.task.tokenizer
-    key = f"{resolve_model(config.model.name)}|{type(tokenizer).__name__}|{len(tokenizer)}"
+    key = tokenizer_key(config.model.name, tokenizer)
     tokens = tokenize(transfer_texts(config), tokenizer, key, config.data.max_length)
     return EnsembleDistillation(strategy, trainer, tokens, config)

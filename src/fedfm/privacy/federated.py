@@ -41,7 +41,7 @@ from fedfm.privacy.dp import (
     quantization_norm_slack,
 )
 from fedfm.state import State, Update
-from fedfm.strategies.base import Strategy
+from fedfm.strategies.base import Strategy, WrappedStrategy
 
 if TYPE_CHECKING:  # fedfm.privacy.local imports opacus: only dp = 'local' runs load it
     from fedfm.privacy.local import LocalAccountant, LocalDP
@@ -124,15 +124,14 @@ def secagg_metrics(bytes_up: int, bytes_down: int, seconds: float) -> dict[str, 
     }
 
 
-class ProtectedAggregation(Strategy):
+class ProtectedAggregation(WrappedStrategy):
     """The configured strategy behind DP-FedAvg and/or secure aggregation."""
 
     def __init__(
         self, inner: Strategy, config, num_clients: int, local_dp: LocalDP | None = None
     ) -> None:
         """``local_dp``: the clients' :class:`~fedfm.privacy.local.LocalDP` when dp = 'local'."""
-        super().__init__(inner.spec, inner.federation)
-        self.inner = inner
+        super().__init__(inner)
         self.privacy = config.privacy
         self.secagg = config.secagg
         self.seed = config.seed
@@ -167,14 +166,6 @@ class ProtectedAggregation(Strategy):
                     )
                 self.clipper = AdaptiveClipper.from_config(self.privacy)
         self._dropped: list[str] = []
-        self._metrics: dict[str, float] = {}
-
-    # The inner strategy decides selection and instructions.
-    def select(self, round, clients, k, rng):
-        return self.inner.select(round, clients, k, rng)
-
-    def configure_fit(self, round, client_id):
-        return self.inner.configure_fit(round, client_id)
 
     def dropped(self, round: int, client_ids: list[str]) -> None:
         self._dropped = list(client_ids)
@@ -325,9 +316,6 @@ class ProtectedAggregation(Strategy):
         metrics["secagg_survivors"] = float(len(result.survivors))
         self.secure_bytes = (result.bytes_up, result.bytes_down)
         return result.sum
-
-    def round_metrics(self) -> dict[str, float]:
-        return {**self.inner.round_metrics(), **self._metrics}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         out = {f"inner/{k}": v for k, v in self.inner.state_dict().items()}

@@ -40,7 +40,7 @@ from fedfm.server.federation import Federation
 from fedfm.server.store import ServerStore
 from fedfm.strategies import STRATEGIES
 from fedfm.tasks.classification import ClassificationTask
-from fedfm.tasks.models import load_encoder, resolve_model
+from fedfm.tasks.models import load_encoder, tokenizer_key
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def _server_prepared(config: ExperimentConfig, client_ids: list[str]) -> Prepare
     m = config.model
     tokenizer, encoder = load_encoder(m.name, m.init, m.layers, config.seed)
     loaded = time.time()
-    key = f"{resolve_model(config.model.name)}|{type(tokenizer).__name__}|{len(tokenizer)}"
+    key = tokenizer_key(config.model.name, tokenizer)
     test_tokens = tokenize(test.texts, tokenizer, key, d.max_length)
     method = METHODS.get(METHODS.name_of(type(config.method)))(config.method)
     task = ClassificationTask(

@@ -61,6 +61,35 @@ class Strategy:
             raise ValueError(f"{type(self).__name__} keeps no state, got {sorted(tensors)[:3]}")
 
 
+class WrappedStrategy(Strategy):
+    """A strategy around another one (privacy, ensemble distillation): the inner strategy keeps
+    selection, instructions and its own state; the wrapper changes only ``aggregate`` and adds
+    its figures (``self._metrics``) to the inner strategy's."""
+
+    def __init__(self, inner: Strategy) -> None:
+        super().__init__(inner.spec, inner.federation)
+        self.inner = inner
+        self._metrics: dict[str, float] = {}
+
+    def select(self, round, clients, k, rng):
+        return self.inner.select(round, clients, k, rng)
+
+    def configure_fit(self, round, client_id):
+        return self.inner.configure_fit(round, client_id)
+
+    def dropped(self, round, client_ids):
+        self.inner.dropped(round, client_ids)
+
+    def round_metrics(self) -> dict[str, float]:
+        return {**self.inner.round_metrics(), **self._metrics}
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def load_state_dict(self, tensors):
+        self.inner.load_state_dict(tensors)
+
+
 def example_weighted_mean(updates: list[Update]) -> State:
     """Σ nₖ·wₖ / Σ nₖ over the updates' states, in float32 (then each tensor's own dtype)."""
     total = float(sum(u.num_examples for u in updates))

@@ -57,6 +57,12 @@ def resolve_model(name: str, key: str = "model.name") -> str:
     return name
 
 
+def tokenizer_key(name: str, tokenizer) -> str:
+    """What keys the token cache for ``model.name``'s tokenizer: the resolved model, the
+    tokenizer's class and its vocabulary size."""
+    return f"{resolve_model(name)}|{type(tokenizer).__name__}|{len(tokenizer)}"
+
+
 def model_stamp(where: str) -> list:
     """What identifies a resolved model for caches: a local folder or file by its path and the
     size and modification time of its files (a changed model misses the cache); an HF id by
