@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedfm.registry import spec_name
 from fedfm.errors import ConfigError
 
 DEFAULT_DATA_ROOT = "../shared/data"
@@ -88,7 +89,7 @@ def _check_causal_lm(config: ExperimentConfig) -> None:
     attacks and no example-level DP, which assume labelled classification rows."""
     from fedfm.methods import METHODS
 
-    method = METHODS.name_of(type(config.method))
+    method = spec_name(config.method)
     check(method == "lora", "method.type", method, "'lora' with task.type = 'causal_lm'")
     if config.method.target_modules == type(config.method)().target_modules:
         object.__setattr__(
@@ -924,11 +925,11 @@ def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
     for section in _SECTIONS:
         out[section] = dataclasses.asdict(getattr(config, section))
     out["method"] = {
-        "type": METHODS.name_of(type(config.method)),
+        "type": spec_name(config.method),
         **dataclasses.asdict(config.method),
     }
     out["strategy"] = {
-        "name": STRATEGIES.name_of(type(config.strategy)),
+        "name": spec_name(config.strategy),
         **dataclasses.asdict(config.strategy),
     }
     return out

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedfm.registry import spec_name
 from fedfm.client.app import ClientApp, ClientData
 from fedfm.client.trainer import Trainer
 from fedfm.codecs import Pipeline
@@ -139,7 +140,7 @@ def prepare(config: ExperimentConfig) -> Prepared:
     else:
         train, test = load_labelled(config)
     part = split(config, train)
-    method = METHODS.get(METHODS.name_of(type(config.method)))(config.method)
+    method = METHODS.of(config.method)(config.method)
     if causal_lm:
         tokenizer, model = load_causal_lm(config.model.name, config.federation.precision)
         model_loaded_at = time.time()
@@ -322,7 +323,7 @@ def _federation(
 ):
     c = p.config
     fed_cfg = replace(c.federation, local_steps=local_steps)
-    strategy = STRATEGIES.get(STRATEGIES.name_of(type(c.strategy)))(c.strategy, fed_cfg)
+    strategy = STRATEGIES.of(c.strategy)(c.strategy, fed_cfg)
     app, local_dp = client_app(p, client_ids, fed_cfg)
     if c.privacy.dp != "none" or c.secagg.enabled:
         from fedfm.privacy.federated import ProtectedAggregation
@@ -478,8 +479,8 @@ def _summary_base(p: Prepared, run_dir: Path) -> dict[str, Any]:
     return {
         "name": c.name,
         "mode": c.federation.mode,
-        "method": METHODS.name_of(type(c.method)),
-        "strategy": STRATEGIES.name_of(type(c.strategy)),
+        "method": spec_name(c.method),
+        "strategy": spec_name(c.strategy),
         "clients": len(p.partition.client_ids),
         "trainable_params": trainable,
         "total_params": total,

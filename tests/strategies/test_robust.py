@@ -290,7 +290,7 @@ def test_rule_keeps_dtype_and_template_order(name):
 def test_config_selects_the_rule_and_round_trips(overrides, spec, tmp_path):
     config = load_config(None, overrides)
     assert config.strategy == spec and type(config.strategy) is type(spec)
-    assert STRATEGIES.name_of(type(config.strategy)) == overrides[0].split("=")[1]
+    assert config.strategy.plugin_name == overrides[0].split("=")[1]
     path = tmp_path / "c.toml"
     path.write_text(config_to_toml(config))
     assert load_config(path) == config
@@ -316,4 +316,4 @@ def test_bad_parameter_names_its_key(overrides, key):
 def test_every_rule_has_its_own_spec_class():
     specs = [STRATEGIES.get(name).Spec for name in ROBUST]
     assert len(set(specs)) == len(ROBUST)
-    assert [STRATEGIES.name_of(spec) for spec in specs] == ROBUST
+    assert [spec.plugin_name for spec in specs] == ROBUST

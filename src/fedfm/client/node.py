@@ -46,7 +46,7 @@ def build_client_app(
     tokenizer, encoder = load_encoder(m.name, m.init, m.layers, config.seed)
     key = tokenizer_key(config.model.name, tokenizer)
     tokens = tokenize(data.texts, tokenizer, key, d.max_length)
-    method = METHODS.get(METHODS.name_of(type(config.method)))(config.method)
+    method = METHODS.of(config.method)(config.method)
     task = ClassificationTask(
         tokenizer, encoder, method, len(d.labels), config.seed, config.federation.precision
     )

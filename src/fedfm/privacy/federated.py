@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from fedfm.registry import spec_name
 from fedfm.client.trainer import derive_seed
 from fedfm.errors import ConfigError, ProtocolError
 from fedfm.privacy.accounting import PrivacyAccountant, client_sample_rate, resolve_noise_multiplier
@@ -70,17 +71,17 @@ def check_compatible(config) -> None:
             "privacy.dp = 'central' needs the server to see and clip each update, which secure "
             "aggregation hides; use privacy.dp = 'distributed' with secagg.enabled = true"
         )
-    strategy = STRATEGIES.get(STRATEGIES.name_of(type(config.strategy)))
+    strategy = STRATEGIES.of(config.strategy)
     if (dp != "none" or secure) and issubclass(strategy, _RobustRule):
         raise ConfigError(
-            f"strategy.name = {STRATEGIES.name_of(type(config.strategy))!r} needs each client's "
+            f"strategy.name = {spec_name(config.strategy)!r} needs each client's "
             "update, which differential privacy and secure aggregation replace by a noisy or "
             "masked sum (local DP: one mean update, with the accountant); allowed with them: "
             "fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad"
         )
     if (dp != "none" or secure) and getattr(strategy, "asynchronous", False):
         raise ConfigError(
-            f"strategy.name = {STRATEGIES.name_of(type(config.strategy))!r} is asynchronous: it "
+            f"strategy.name = {spec_name(config.strategy)!r} is asynchronous: it "
             "weighs each update by its staleness, while differential privacy and secure "
             "aggregation turn one synchronous round's updates into one noisy or masked sum; use "
             "a synchronous strategy (fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad)"

@@ -49,6 +49,7 @@ from opacus.optimizers import DPOptimizer
 from opacus.utils.module_utils import trainable_modules
 from torch import nn
 
+from fedfm.registry import spec_name
 from fedfm.client.trainer import derive_seed
 from fedfm.errors import ConfigError, ResumeError, TrainingError
 
@@ -80,7 +81,7 @@ def check_local(config) -> None:
     """Refuse ``privacy.dp = "local"`` settings that cannot keep their promise."""
     from fedfm.methods import METHODS
 
-    method = METHODS.name_of(type(config.method))
+    method = spec_name(config.method)
     if method not in SUPPORTED_METHODS:
         reason = _UNSUPPORTED_REASONS.get(method, "opacus cannot compute its per-example gradients")
         raise ConfigError(

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedfm.registry import spec_name
 from fedfm.config import ExperimentConfig, ServerConfig, config_to_toml, resolve_path
 from fedfm.data.partition import Partition
 from fedfm.data.table import load_labelled_text
@@ -65,7 +66,7 @@ def check_servable(config: ExperimentConfig) -> None:
         (config.task.type != "classification", f"task.type = {config.task.type!r}", "this task"),
         (config.attack.type != "none", f"attack.type = {config.attack.type!r}", "attacks"),
         (config.privacy.audit, "privacy.audit = true", "the membership audit"),
-        (STRATEGIES.name_of(type(config.strategy)) == "fltrust", "strategy fltrust", "FLTrust"),
+        (spec_name(config.strategy) == "fltrust", "strategy fltrust", "FLTrust"),
         (config.warmup.source != "none", f"warmup.source = {config.warmup.source!r}", "warm-up"),
         (config.warmup.ensemble_steps > 0, "warmup.ensemble_steps > 0", "FedDF distillation"),
         (config.teacher.type != "none", f"teacher.type = {config.teacher.type!r}", "a teacher"),
@@ -96,7 +97,7 @@ def _server_prepared(config: ExperimentConfig, client_ids: list[str]) -> Prepare
     loaded = time.time()
     key = tokenizer_key(config.model.name, tokenizer)
     test_tokens = tokenize(test.texts, tokenizer, key, d.max_length)
-    method = METHODS.get(METHODS.name_of(type(config.method)))(config.method)
+    method = METHODS.of(config.method)(config.method)
     task = ClassificationTask(
         tokenizer, encoder, method, len(test.label_names), config.seed, config.federation.precision
     )
@@ -160,7 +161,7 @@ def serve(
     _write_json(run_dir / "partition.json", p.partition.describe(p.test.labels, p.test.label_names))
 
     c = config
-    strategy = STRATEGIES.get(STRATEGIES.name_of(type(c.strategy)))(c.strategy, c.federation)
+    strategy = STRATEGIES.of(c.strategy)(c.strategy, c.federation)
     client_privacy = c.privacy
     if c.privacy.dp != "none" or c.secagg.enabled:
         from fedfm.privacy.federated import ProtectedAggregation

@@ -177,7 +177,7 @@ def load_exported(run_dir: Path):
 
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.toml")
-    method = METHODS.get(METHODS.name_of(type(config.method)))(config.method)
+    method = METHODS.of(config.method)(config.method)
     export = run_dir / ("adapter" if method.is_peft else "model")
     if (export / "config.json").is_file():  # a full fine-tune: the encoder as trained
         tokenizer, encoder = load_encoder(str(export))
