@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedfm.registry import spec_name
 from fedfm.errors import ConfigError
+from fedfm.registry import spec_name
 
 DEFAULT_DATA_ROOT = "../shared/data"
 
@@ -87,7 +87,6 @@ CAUSAL_LM_LORA_TARGETS = ("q_proj", "v_proj")
 def _check_causal_lm(config: ExperimentConfig) -> None:
     """task.type = 'causal_lm': LoRA only (the default targets become q_proj, v_proj); no data
     attacks and no example-level DP, which assume labelled classification rows."""
-    from fedfm.methods import METHODS
 
     method = spec_name(config.method)
     check(method == "lora", "method.type", method, "'lora' with task.type = 'causal_lm'")
@@ -918,8 +917,6 @@ def _toml_value(value: Any) -> str:
 
 def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
     """The config as a plain dict of TOML tables, plug-in names included."""
-    from fedfm.methods import METHODS
-    from fedfm.strategies import STRATEGIES
 
     out: dict[str, Any] = {"name": config.name, "seed": config.seed}
     for section in _SECTIONS:

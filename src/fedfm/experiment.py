@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedfm.registry import spec_name
 from fedfm.client.app import ClientApp, ClientData
 from fedfm.client.trainer import Trainer
 from fedfm.codecs import Pipeline
@@ -44,6 +43,7 @@ from fedfm.errors import ConfigError, DataError, ResumeError
 from fedfm.methods import METHODS
 from fedfm.metrics.memory import peak_rss_mb
 from fedfm.metrics.sinks import ConsoleSink, JsonlSink, Sink
+from fedfm.registry import spec_name
 from fedfm.runtimes import RUNTIMES
 from fedfm.server.asynchronous import AsyncFederation
 from fedfm.server.checkpoint import latest_checkpoint

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from fedfm.registry import spec_name
 from fedfm.client.trainer import derive_seed
 from fedfm.errors import ConfigError, ProtocolError
 from fedfm.privacy.accounting import PrivacyAccountant, client_sample_rate, resolve_noise_multiplier
@@ -41,6 +40,7 @@ from fedfm.privacy.dp import (
     l2_norm,
     quantization_norm_slack,
 )
+from fedfm.registry import spec_name
 from fedfm.state import State, Update
 from fedfm.strategies.base import Strategy, WrappedStrategy
 

@@ -49,9 +49,9 @@ from opacus.optimizers import DPOptimizer
 from opacus.utils.module_utils import trainable_modules
 from torch import nn
 
-from fedfm.registry import spec_name
 from fedfm.client.trainer import derive_seed
 from fedfm.errors import ConfigError, ResumeError, TrainingError
+from fedfm.registry import spec_name
 
 if TYPE_CHECKING:
     from fedfm.client.app import ClientData
@@ -79,7 +79,6 @@ ACCOUNTING_NOTE = (
 
 def check_local(config) -> None:
     """Refuse ``privacy.dp = "local"`` settings that cannot keep their promise."""
-    from fedfm.methods import METHODS
 
     method = spec_name(config.method)
     if method not in SUPPORTED_METHODS:

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedfm.registry import spec_name
 from fedfm.config import ExperimentConfig, ServerConfig, config_to_toml, resolve_path
 from fedfm.data.partition import Partition
 from fedfm.data.table import load_labelled_text
@@ -36,6 +35,7 @@ from fedfm.experiment import (
 )
 from fedfm.methods import METHODS
 from fedfm.metrics.sinks import ConsoleSink, Sink
+from fedfm.registry import spec_name
 from fedfm.server.asynchronous import AsyncFederation
 from fedfm.server.federation import Federation
 from fedfm.server.store import ServerStore
