@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 import fedfm
+from fedfm.assemble import prepare
 from fedfm.errors import TrainingError
-from fedfm.experiment import prepare
 from fedfm.metrics.sinks import Sink
 
 

@@ -363,7 +363,7 @@ def _print_result(result) -> None:
 
 
 def _cmd_serve(args) -> int:
-    from fedfm.server.serve import serve
+    from fedfm.runtimes.grpc.serve import serve
 
     if args.resume and args.config:
         raise FedFMError("give either a config or --resume RUN_DIR, not both")
@@ -436,9 +436,10 @@ def _cmd_certs(args) -> int:
 def _cmd_synthesize(args) -> int:
     from rich.progress import Progress
 
+    from fedfm.assemble import split
     from fedfm.config import load_config
-    from fedfm.experiment import load_labelled, split
     from fedfm.fm4fl.synthetic import verified
+    from fedfm.tasks.classification import load_labelled
 
     config = load_config(args.config, args.overrides)
     if config.task.type != "classification":

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import fedfm
+from fedfm.assemble import build_strategy, prepare
 from fedfm.errors import ConfigError
-from fedfm.experiment import _federation, prepare
 from fedfm.state import Update
 
 FEDDF = [
@@ -22,8 +22,7 @@ FEDDF = [
 
 def test_the_ensemble_is_the_mean_of_the_clients_probabilities(tiny_config):
     p = prepare(tiny_config(*FEDDF))
-    fed = _federation(p, p.partition.client_ids, 2, 2, [], None)
-    feddf = fed.strategy
+    feddf = build_strategy(p, len(p.partition.client_ids))
     base = p.task.get_state()
     updates = []
     for i in range(2):
@@ -58,5 +57,4 @@ def test_feddf_refuses_what_hides_the_client_models(tiny_config):
     with pytest.raises(ConfigError, match="a table of texts for warmup.ensemble_steps"):
         tiny_config("warmup.ensemble_steps=3")
     with pytest.raises(ConfigError, match="synchronous strategy"):
-        p = prepare(tiny_config(*FEDDF, "strategy.name=fedbuff"))
-        _federation(p, p.partition.client_ids, 2, 2, [], None)
+        prepare(tiny_config(*FEDDF, "strategy.name=fedbuff"))

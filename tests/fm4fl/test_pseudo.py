@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedfm.assemble import prepare
 from fedfm.bench.scenarios import AGNEWS_DESCRIPTIONS
 from fedfm.config import load_config
 from fedfm.errors import ConfigError
-from fedfm.experiment import prepare
 from fedfm.fm4fl.pseudo import labelled_rows
 
 

@@ -9,11 +9,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from fedfm.assemble import prepare
 from fedfm.bench.scenarios import AGNEWS_DESCRIPTIONS
 from fedfm.client.trainer import Trainer
 from fedfm.data.table import load_labelled_text
 from fedfm.errors import ConfigError, DataError
-from fedfm.experiment import prepare
 from fedfm.fm4fl import synthetic
 from fedfm.fm4fl.warmup import temper
 from tests.conftest import DATA

@@ -10,11 +10,11 @@ import pytest
 import torch
 from tests.conftest import TINY
 
+from fedfm.assemble import prepare
 from fedfm.client.app import ClientData
 from fedfm.client.trainer import Trainer
 from fedfm.config import FederationConfig, load_config
 from fedfm.errors import ConfigError
-from fedfm.experiment import prepare
 from fedfm.methods.lora import LoraSpec, is_lora_a
 from fedfm.state import FitInstructions
 from fedfm.strategies import STRATEGIES

@@ -15,12 +15,12 @@ from tests.conftest import TINY
 from tests.methods.test_lora import FP32, train_clients
 
 import fedfm
+from fedfm.assemble import prepare
 from fedfm.client.app import ClientApp, ClientData, ClientTask
 from fedfm.client.trainer import Trainer
 from fedfm.codecs import CodecContext, Pipeline
 from fedfm.config import FederationConfig, load_config
 from fedfm.errors import ConfigError
-from fedfm.experiment import prepare
 from fedfm.methods.lora import (
     LoraSpec,
     client_rank_truncation,

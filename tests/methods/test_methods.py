@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from fedfm.assemble import prepare
 from fedfm.client.app import ClientApp, ClientData, ClientTask
 from fedfm.client.trainer import Trainer
 from fedfm.codecs import CodecContext, Pipeline
 from fedfm.codecs.wire import unpack
-from fedfm.experiment import prepare
 from fedfm.state import FitInstructions
 
 # method type -> (marker every shared encoder tensor's name contains, expected trainable count)

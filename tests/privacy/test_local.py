@@ -16,11 +16,11 @@ from tests.conftest import TINY
 from torch import nn
 
 import fedfm
+from fedfm.assemble import prepare
 from fedfm.client.app import ClientData
 from fedfm.client.trainer import Trainer
 from fedfm.config import PrivacyConfig, load_config
 from fedfm.errors import ConfigError
-from fedfm.experiment import prepare
 from fedfm.metrics.sinks import Sink
 from fedfm.privacy.accounting import epsilon_for
 from fedfm.privacy.local import LocalAccountant, LocalDP, local_noise_multiplier
@@ -232,7 +232,7 @@ def test_unsupported_settings_are_refused(tiny_config, tmp_path, overrides, mess
 
 
 def test_secure_aggregation_composes_with_local_dp(tiny_config):
-    from fedfm.privacy.federated import check_compatible
+    from fedfm.compat import check_compatible
 
     check_compatible(
         tiny_config("privacy.dp=local", "privacy.noise_multiplier=1", "secagg.enabled=true")

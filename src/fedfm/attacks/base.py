@@ -12,6 +12,8 @@ class Attack:
     """A malicious behaviour: poison a client's data once, or its update every round."""
 
     level: str = "update"  # "data": poison_data is applied once; "update": poison_update each round
+    #: Plants a trigger: ``triggered_test`` gives test rows with it, to score attack success.
+    has_trigger: bool = False
 
     def __init__(self, config, label_names: tuple[str, ...]) -> None:
         self.config = config  # AttackConfig

@@ -29,6 +29,7 @@ class Backdoor(Attack):
     """Inserts the trigger into a share of the rows and labels them with the target class."""
 
     level = "data"
+    has_trigger = True
 
     def poison_data(self, texts, labels, rng):
         texts, labels = list(texts), labels.copy()

@@ -99,8 +99,8 @@ def _flop_rate(config) -> dict[str, float]:
     """Matmul peak and the train step's FLOP rate, measured in this process."""
     import torch
 
+    from fedfm.assemble import prepare
     from fedfm.bench.flops import matmul_peak_gflops, train_step_rate
-    from fedfm.experiment import prepare
 
     torch.set_num_threads(config.runtime.threads or os.cpu_count() or 1)
     peak = matmul_peak_gflops()

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 class EnsembleDistillation(WrappedStrategy):
     """Wraps a strategy: its aggregate, then distillation of the round's client ensemble."""
 
+    needs_individual_updates = True  # the ensemble is the clients' own models
+
     def __init__(self, inner: Strategy, trainer: Trainer, tokens, config) -> None:
         super().__init__(inner)
         self.trainer = trainer

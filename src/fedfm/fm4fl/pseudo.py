@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from fedfm.experiment import Prepared
+    from fedfm.prepared import Prepared
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@
 The server trains ``warmup.steps`` steps of the run's optimizer on the run's shared tensors (the
 method's: LoRA + head, all weights for ``full``, ...), then federation starts from that state.
 The warmed state is cached under ``<cache>/warmup/`` by everything that determines it, so a
-resumed run or a Ray actor (which runs :func:`fedfm.experiment.prepare` itself) reads it back.
+resumed run or a Ray actor (which runs :func:`fedfm.assemble.prepare` itself) reads it back.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 from fedfm.errors import DataError
 
 if TYPE_CHECKING:
-    from fedfm.experiment import Prepared
+    from fedfm.prepared import Prepared
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import ClassVar
 
@@ -26,6 +27,12 @@ class Method:
     def wrap(self, encoder: nn.Module) -> nn.Module:
         """Return the encoder to train, with ``requires_grad`` set on exactly the shared tensors."""
         raise NotImplementedError
+
+    def client_preparer(self, positions: Mapping[str, int]) -> Callable | None:
+        """A ClientApp ``prepare`` hook that turns the received global state into the state a
+        client starts from, or None when every client starts from the global state.
+        ``positions`` maps each client id to its position among the federation's clients."""
+        return None
 
     def prefix_tokens(self) -> int:
         """How many positions the method prepends to the encoder's output (soft prompts)."""

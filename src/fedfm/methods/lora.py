@@ -25,7 +25,7 @@ exactly. Not with ``freeze_a``: A must stay the shared init there.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -117,7 +117,7 @@ def client_rank(spec: LoraSpec, index: int) -> int:
 
 
 def client_rank_truncation(
-    spec: LoraSpec, client_ids: Sequence[str]
+    spec: LoraSpec, client_ids: Sequence[str] | Mapping[str, int]
 ) -> Callable[[str, int, int, State], State]:
     """A ClientApp ``prepare`` hook: each client starts from the global factors cut to its rank.
 
@@ -125,7 +125,12 @@ def client_rank_truncation(
     own index, so a standalone run's one-client apps get the same ranks; a client not in the list
     (the pooled client of ``centralized``) trains the full rank r.
     """
-    ranks = {cid: client_rank(spec, i) for i, cid in enumerate(client_ids)}
+    positions = (
+        client_ids
+        if isinstance(client_ids, Mapping)
+        else {cid: i for i, cid in enumerate(client_ids)}
+    )
+    ranks = {cid: client_rank(spec, i) for cid, i in positions.items()}
 
     def prepare(client_id: str, client_index: int, round: int, state: State) -> State:
         rank = ranks.get(client_id, spec.r)
@@ -144,6 +149,10 @@ class Lora(Method):
 
     Spec = LoraSpec
     is_peft = True
+
+    def client_preparer(self, positions: Mapping[str, int]):
+        """With ``client_ranks``: each client starts from the global factors cut to its rank."""
+        return client_rank_truncation(self.spec, positions) if self.spec.client_ranks else None
 
     def wrap(self, encoder):
         from peft import LoraConfig, get_peft_model

@@ -40,7 +40,6 @@ from fedfm.privacy.dp import (
     l2_norm,
     quantization_norm_slack,
 )
-from fedfm.registry import spec_name
 from fedfm.state import State, Update
 from fedfm.strategies.base import Strategy, WrappedStrategy
 
@@ -54,40 +53,6 @@ ACCOUNTING_NOTE = (
     "clients; fedfm samples exactly clients_per_round clients without replacement, for which "
     "this is the usual approximation"
 )
-
-
-def check_compatible(config) -> None:
-    """Refuse combinations that cannot keep their promise."""
-    from fedfm.strategies import STRATEGIES
-    from fedfm.strategies.robust import _RobustRule
-
-    dp, secure = config.privacy.dp, config.secagg.enabled
-    if dp == "local":
-        from fedfm.privacy.local import check_local
-
-        check_local(config)
-    if dp == "central" and secure:
-        raise ConfigError(
-            "privacy.dp = 'central' needs the server to see and clip each update, which secure "
-            "aggregation hides; use privacy.dp = 'distributed' with secagg.enabled = true"
-        )
-    strategy = STRATEGIES.of(config.strategy)
-    if (dp != "none" or secure) and issubclass(strategy, _RobustRule):
-        raise ConfigError(
-            f"strategy.name = {spec_name(config.strategy)!r} needs each client's "
-            "update, which differential privacy and secure aggregation replace by a noisy or "
-            "masked sum (local DP: one mean update, with the accountant); allowed with them: "
-            "fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad"
-        )
-    if (dp != "none" or secure) and getattr(strategy, "asynchronous", False):
-        raise ConfigError(
-            f"strategy.name = {spec_name(config.strategy)!r} is asynchronous: it "
-            "weighs each update by its staleness, while differential privacy and secure "
-            "aggregation turn one synchronous round's updates into one noisy or masked sum; use "
-            "a synchronous strategy (fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad)"
-        )
-    if secure and config.federation.clients_per_round < 2:
-        raise ConfigError("secagg.enabled = true needs federation.clients_per_round ≥ 2")
 
 
 def _flat(delta: State) -> np.ndarray:
@@ -128,6 +93,9 @@ def secagg_metrics(bytes_up: int, bytes_down: int, seconds: float) -> dict[str, 
 class ProtectedAggregation(WrappedStrategy):
     """The configured strategy behind DP-FedAvg and/or secure aggregation."""
 
+    def summary(self) -> dict[str, object]:
+        return {**self.inner.summary(), **noise_summary(self)}
+
     def __init__(
         self, inner: Strategy, config, num_clients: int, local_dp: LocalDP | None = None
     ) -> None:
@@ -135,6 +103,7 @@ class ProtectedAggregation(WrappedStrategy):
         super().__init__(inner)
         self.privacy = config.privacy
         self.secagg = config.secagg
+        self.masks_updates = config.secagg.enabled  # the server sees only the masked sum
         self.seed = config.seed
         self.clients_per_round = config.federation.clients_per_round
         self.dp = config.privacy.dp

@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -26,7 +27,20 @@ class SecureRound:
 
 class Runtime:
     """Moves bytes; decides nothing. ``dispatch`` yields ``(client_id, uplink payload)`` as they
-    arrive; a client that fails yields ``(client_id, exception)`` so that the loop can log it."""
+    arrive; a client that fails yields ``(client_id, exception)`` so that the loop can log it.
+
+    An in-process runtime (``in_process = True``: sim, ray) is built by ``fedfm run`` as
+    ``Runtime(client_app, config=config)``. A runtime whose clients are other processes that
+    join over the network says ``in_process = False`` and is started by :meth:`launch`, which
+    runs the whole experiment (``fedfm run`` with it is ``fedfm serve``).
+    """
+
+    in_process: ClassVar[bool] = True
+
+    @classmethod
+    def launch(cls, config, **options: Any):
+        """Run ``config`` as a server whose clients join from elsewhere (network runtimes)."""
+        raise NotImplementedError(f"{cls.__name__} runs in-process")
 
     def dispatch(self, tasks: list[ClientTask]) -> Iterator[tuple[str, bytes | Exception]]:
         raise NotImplementedError

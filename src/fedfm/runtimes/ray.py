@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import os
 
+from fedfm import assemble
+from fedfm.config import parse_config_text
 from fedfm.errors import ConfigError, FedFMError, TrainingError
 from fedfm.runtimes.base import RUNTIMES, Runtime
 
@@ -26,13 +28,10 @@ class _Worker:
     def __init__(self, config_toml: str, client_ids: list[str], threads: int) -> None:
         import torch
 
-        from fedfm.config import parse_config_text
-        from fedfm.experiment import client_app, prepare
-
         torch.set_num_threads(max(1, threads))
         config = parse_config_text(config_toml, "the experiment sent to a Ray worker")
-        self.prepared = prepare(config)
-        self.app, _ = client_app(self.prepared, client_ids)
+        self.prepared = assemble.prepare(config)
+        self.app, _ = assemble.client_app(self.prepared, client_ids)
 
     def handle(self, client_id: str, payload: bytes, instructions: dict) -> bytes | tuple[str, str]:
         from fedfm.client.app import ClientTask

@@ -155,10 +155,7 @@ class Federation:
 
     def _carried_secure_aggregation(self) -> bool:
         """Secure aggregation whose parties are the runtime's real clients (network)."""
-        return bool(
-            getattr(self.runtime, "carries_secure_aggregation", False)
-            and getattr(getattr(self.strategy, "secagg", None), "enabled", False)
-        )
+        return self.runtime.carries_secure_aggregation and self.strategy.masks_updates
 
     def _secure_round(self, rnd, state, template, selected, dropped, tasks, t0) -> State:
         """A round whose clients mask their updates: the runtime carries the protocol, the

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -12,18 +14,41 @@ from fedfm.registry import Registry
 from fedfm.state import FitInstructions, State, Update
 
 
+@dataclass
+class ServerContext:
+    """What the server offers a strategy that declares it needs more than the updates."""
+
+    #: (round, global state) → the state the server reaches training on its own clean root set.
+    root_update: Callable[[int, State], State] | None = None
+
+
 class Strategy:
     """The server's rule. Subclasses set ``Spec`` and override :meth:`aggregate`.
 
     Plumbing shared by every strategy (sampling, byte accounting, validation, checkpoints) lives
-    in the Federation loop; a strategy holds only its own rule and its own state.
+    in the Federation loop; a strategy holds only its own rule and its own state. What a rule
+    needs from the rest of the system it declares in the class attributes below; the assembly
+    and the compatibility rules read them (nobody probes a strategy's other attributes).
     """
 
     Spec: ClassVar[type]
+    #: Aggregates updates as they arrive, each weighed by its staleness (FedBuff): the
+    #: asynchronous loop runs it, and it cannot take a one-round noisy or masked sum.
+    asynchronous: ClassVar[bool] = False
+    #: Needs each client's own update (robust rules, FLTrust, FedDF's ensemble): differential
+    #: privacy and secure aggregation, which reveal only a noisy or masked sum, exclude it.
+    needs_individual_updates: ClassVar[bool] = False
+    #: Needs the server's own root-set update (FLTrust): given by :meth:`bind`.
+    needs_root_update: ClassVar[bool] = False
+    #: The round's updates reach it only as a masked sum (secure aggregation, set per instance).
+    masks_updates: bool = False
 
     def __init__(self, spec, federation) -> None:
         self.spec = spec
         self.federation = federation  # FederationConfig: local budget and learning rate
+
+    def bind(self, context: ServerContext) -> None:
+        """Receive the server's context before the first round (see the ``needs_*`` flags)."""
 
     def select(self, round: int, clients: list[str], k: int, rng: np.random.Generator) -> list[str]:
         """Which clients train this round: ``k`` of them, uniformly without replacement."""
@@ -52,6 +77,10 @@ class Strategy:
         """Figures about the last aggregation to add to the round's row (e.g. an SVD error)."""
         return {}
 
+    def summary(self) -> dict[str, object]:
+        """Figures for ``summary.json`` at the end of the run (e.g. the privacy spent)."""
+        return {}
+
     # Server-side state (momentum, moments); saved with every checkpoint.
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {}
@@ -70,6 +99,19 @@ class WrappedStrategy(Strategy):
         super().__init__(inner.spec, inner.federation)
         self.inner = inner
         self._metrics: dict[str, float] = {}
+        # What the inner rule declares holds for the wrapped one (a wrapper may add to it).
+        self.asynchronous = inner.asynchronous
+        self.needs_individual_updates = (
+            type(self).needs_individual_updates or inner.needs_individual_updates
+        )
+        self.needs_root_update = inner.needs_root_update
+        self.masks_updates = inner.masks_updates
+
+    def bind(self, context):
+        self.inner.bind(context)
+
+    def summary(self):
+        return self.inner.summary()
 
     def select(self, round, clients, k, rng):
         return self.inner.select(round, clients, k, rng)

@@ -32,7 +32,7 @@ import torch
 from fedfm.config import check
 from fedfm.errors import ConfigError
 from fedfm.state import State, Update, clone_state, state_num_params
-from fedfm.strategies.base import STRATEGIES, Strategy
+from fedfm.strategies.base import STRATEGIES, ServerContext, Strategy
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,8 @@ def krum_supported_f(n: int, f: int) -> int:
 
 class _RobustRule(Strategy):
     """Shared by the robust rules: flatten the deltas, apply :meth:`combine`, report what it did."""
+
+    needs_individual_updates = True
 
     def __init__(self, spec, federation) -> None:
         super().__init__(spec, federation)
@@ -326,22 +328,26 @@ class FLTrust(_RobustRule):
     ``fltrust_all_zero`` = 1. Clients with score 0 count as rejected. Also reports
     ``fltrust_trust_min``, ``fltrust_trust_mean`` and ``fltrust_server_norm``.
 
-    The experiment must set :attr:`root_update` before the first aggregation: a callable that
-    takes the global state and returns the state the server reaches after training on its root
-    set (same names and shapes).
+    It declares ``needs_root_update``: the assembly binds a :class:`ServerContext` whose
+    ``root_update`` takes (round, global state) and returns the state the server reaches after
+    training on its root set (same names and shapes).
     """
 
     Spec = FLTrustSpec
+    needs_root_update = True
 
     def __init__(self, spec, federation) -> None:
         super().__init__(spec, federation)
         self.root_update: Callable[[int, State], State] | None = None  # (round, global) → trained
 
+    def bind(self, context: ServerContext) -> None:
+        self.root_update = context.root_update
+
     def combine(self, round, global_state, deltas, weights):
         if self.root_update is None:
             raise ConfigError(
-                "strategy.name = 'fltrust' needs the server's root-set update: set "
-                "FLTrust.root_update to a callable ((round, global state) → server-trained state) "
+                "strategy.name = 'fltrust' needs the server's root-set update: bind a "
+                "ServerContext with root_update ((round, global state) → server-trained state) "
                 "before the first round"
             )
         trained = self.root_update(round, clone_state(global_state))  # may train in place

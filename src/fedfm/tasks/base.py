@@ -1,13 +1,26 @@
-"""What every task shares: its shared tensors (``self.shared``, the trainable parameters in model
-order), their state as a :data:`State`, parameter counts and the precision context."""
+"""The Task interface and its registry (``[task] type``).
+
+A task is what is learned and how it is scored: it loads its data tables, builds the model
+around a method-adapted base, tokenises, computes the training loss and scores. Every runtime
+and every entry point (``fedfm run``, ``serve``, ``join``, Ray workers) builds a task through
+:data:`TASKS` and the class methods below, so a new task runs everywhere without touching them.
+
+What every task shares: its shared tensors (``self.shared``, the trainable parameters in model
+order), their state as a :data:`State`, parameter counts and the precision context.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
+from pathlib import Path
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
+from fedfm.data.tokens import TokenizedText
+from fedfm.registry import Registry
 from fedfm.state import State
 
 
@@ -35,3 +48,70 @@ class SharedStateTask:
         if self.precision == "bf16":
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+
+class Task(SharedStateTask):
+    """A registered task. Subclasses implement the class methods (data and construction) and the
+    instance methods (compute and export); ``Data`` tables have ``labels`` (int64 groups, for
+    partitions and scoring), ``label_names`` and ``columns``, and ``len()``.
+    """
+
+    #: The registered name (``task.type``), set by :data:`TASKS`.
+    name: ClassVar[str]
+    #: True when every client must know the label set before it reads its own rows (the server
+    #: sends it as ``data.labels``); False when labels only group rows (e.g. instruction tuning).
+    shares_label_set: ClassVar[bool] = True
+
+    # ---- data ---------------------------------------------------------------------------------
+    @classmethod
+    def load_splits(cls, config) -> tuple[Any, Any]:
+        """(train, test) tables of an experiment, checked; test uses train's label names."""
+        raise NotImplementedError
+
+    @classmethod
+    def load_test(cls, config) -> Any:
+        """The test table alone (a server that holds no training rows)."""
+        raise NotImplementedError
+
+    @classmethod
+    def load_client_rows(cls, config, path: Path, field: str) -> Any:
+        """One network client's own table, read with the experiment's columns and label set."""
+        raise NotImplementedError
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config, method, label_names: tuple[str, ...]) -> Task:
+        """Load the base model, adapt it with ``method`` and build the task."""
+        raise NotImplementedError
+
+    def tokenize(self, table: Any) -> TokenizedText:
+        """Token ids of a table's rows (cached on disk by content)."""
+        raise NotImplementedError
+
+    # ---- compute ------------------------------------------------------------------------------
+    def loss(self, tokens: TokenizedText, labels: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
+    def evaluate(
+        self, tokens: TokenizedText, labels: np.ndarray, rows: np.ndarray | None = None
+    ) -> dict[str, float]:
+        """``accuracy`` and ``loss`` (and any other figure) over ``rows`` (default: all)."""
+        raise NotImplementedError
+
+    def export(self, out: Path, label_names: tuple[str, ...]) -> Path:
+        """Save what was trained where users load it from."""
+        raise NotImplementedError
+
+
+class _TaskRegistry(Registry[type[Task]]):
+    def register(self, name: str):
+        add = super().register(name)
+
+        def named(cls: type[Task]) -> type[Task]:
+            cls.name = name
+            return add(cls)
+
+        return named
+
+
+TASKS = _TaskRegistry("task", "task.type")

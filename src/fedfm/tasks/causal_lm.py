@@ -25,12 +25,28 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from peft import PeftModel
 from torch import nn
 from torch.nn import functional as F
+from transformers import AutoTokenizer
 
-from fedfm.data.instructions import IGNORE_INDEX, ChatEncoder, PromptedTokens, left_padded
+from fedfm.config import load_config, resolve_path
+from fedfm.data.instructions import (
+    IGNORE_INDEX,
+    ChatEncoder,
+    Instructions,
+    PromptedTokens,
+    labelled_as_instructions,
+    left_padded,
+    load_instructions,
+    tokenize_instructions,
+)
+from fedfm.data.table import load_labelled_text
+from fedfm.errors import ConfigError
 from fedfm.methods.base import Method
-from fedfm.tasks.base import SharedStateTask
+from fedfm.tasks.base import TASKS, Task
+from fedfm.tasks.classification import load_labelled
+from fedfm.tasks.models import load_causal_lm, tokenizer_key
 
 _PUNCTUATION = string.punctuation + "“”‘’«»…"
 
@@ -90,8 +106,67 @@ def generate_ids(
     return answers
 
 
-class CausalLMTask(SharedStateTask):
-    """A method-adapted causal LM; the shared tensors are exactly its trainable parameters."""
+@TASKS.register("causal_lm")
+class CausalLMTask(Task):
+    """A method-adapted causal LM; the shared tensors are exactly its trainable parameters.
+
+    Data: instruction JSONL files, or labelled tables turned into instructions with
+    ``task.instruction`` (see :mod:`fedfm.data.instructions`).
+    """
+
+    shares_label_set = False  # labels only group rows for partitions
+
+    @classmethod
+    def load_splits(cls, config) -> tuple[Instructions, Instructions]:
+        d, instruction = config.data, config.task.instruction
+        if not instruction:
+            return (
+                load_instructions(resolve_path(d.train), d.train_rows, d.label_column),
+                load_instructions(resolve_path(d.test), d.test_rows, d.label_column, "data.test"),
+            )
+        train, test = load_labelled(config)
+        return (
+            labelled_as_instructions(train, instruction),
+            labelled_as_instructions(test, instruction),
+        )
+
+    @classmethod
+    def load_test(cls, config) -> Instructions:
+        return cls._load_one(
+            config, resolve_path(config.data.test), config.data.test_rows, "data.test"
+        )
+
+    @classmethod
+    def load_client_rows(cls, config, path: Path, field: str) -> Instructions:
+        return cls._load_one(config, path, 0, field)
+
+    @classmethod
+    def _load_one(cls, config, path: Path, rows: int, field: str) -> Instructions:
+        d, instruction = config.data, config.task.instruction
+        if not instruction:
+            return load_instructions(path, rows, d.label_column, field)
+        table = load_labelled_text(
+            path, d.text_column, d.label_column, d.labels or None, rows, field
+        )
+        return labelled_as_instructions(table, instruction)
+
+    @classmethod
+    def from_config(cls, config, method: Method, label_names: tuple[str, ...] = ()):
+        tokenizer, model = load_causal_lm(config.model.name, config.federation.precision)
+        task = cls(
+            tokenizer,
+            model,
+            method,
+            config.seed,
+            config.federation.precision,
+            config.task.max_new_tokens,
+        )
+        task.tokenizer_key = tokenizer_key(config.model.name, tokenizer)
+        task.max_length = config.data.max_length
+        return task
+
+    def tokenize(self, table: Instructions) -> PromptedTokens:
+        return tokenize_instructions(table, self.tokenizer, self.tokenizer_key, self.max_length)
 
     def __init__(
         self,
@@ -220,12 +295,6 @@ class CausalLMTask(SharedStateTask):
 def load_exported(run_dir: str | Path):
     """Reload a causal-LM run: ``(tokenizer, model)``, the base with the run's peft adapter
     (``adapter/``) applied by ``PeftModel.from_pretrained``, in eval mode."""
-    from peft import PeftModel
-
-    from fedfm.config import load_config
-    from fedfm.errors import ConfigError
-    from fedfm.tasks.models import load_causal_lm
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
         raise ConfigError(f"{str(run_dir)!r} is not a run directory: it has no config.toml")
@@ -240,8 +309,6 @@ def load_exported(run_dir: str | Path):
         raise ConfigError(f"{str(run_dir)!r} has no exported adapter/ (did the run finish?)")
     tokenizer, base = load_causal_lm(config.model.name, config.federation.precision)
     if (adapter / "tokenizer_config.json").is_file():
-        from transformers import AutoTokenizer
-
         tokenizer = AutoTokenizer.from_pretrained(str(adapter))
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from collections import OrderedDict
@@ -9,12 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from fedfm.data.tokens import TokenizedText
-from fedfm.methods.base import Method
-from fedfm.tasks.base import SharedStateTask
+from fedfm.config import load_config, resolve_path
+from fedfm.data.table import LabelledText, load_labelled_text
+from fedfm.data.tokens import TokenizedText, tokenize
+from fedfm.errors import DataError
+from fedfm.methods.base import METHODS, Method
+from fedfm.tasks.base import TASKS, Task
+from fedfm.tasks.models import load_encoder, tokenizer_key
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +48,75 @@ class TextClassifier(nn.Module):
         return self.head(pooled.float())
 
 
-class ClassificationTask(SharedStateTask):
+def check_labels(train: LabelledText) -> None:
+    """Every named class has training rows, and there are at least two classes."""
+    counts = np.bincount(train.labels, minlength=len(train.label_names))
+    empty = [train.label_names[i] for i, c in enumerate(counts) if c == 0]
+    if empty:
+        raise DataError(
+            f"data.labels names the class {empty[0]!r}, which has no training rows; "
+            f"classes with rows: {[n for n, c in zip(train.label_names, counts, strict=True) if c]}"
+        )
+    if len(train.label_names) < 2:
+        raise DataError(
+            f"the training data have a single class {train.label_names!r}; at least 2 are needed"
+        )
+
+
+def load_labelled(config) -> tuple[LabelledText, LabelledText]:
+    """The classification data of ``config``: (train, test), checked, test in train's labels."""
+    d = config.data
+    train = load_labelled_text(
+        resolve_path(d.train), d.text_column, d.label_column, d.labels or None, d.train_rows
+    )
+    check_labels(train)
+    test = load_labelled_text(
+        resolve_path(d.test),
+        d.text_column,
+        d.label_column,
+        train.label_names,
+        d.test_rows,
+        "data.test",
+    )
+    return train, test
+
+
+@TASKS.register("classification")
+class ClassificationTask(Task):
     """Builds the classifier around a method-adapted encoder; computes loss and accuracy."""
+
+    @classmethod
+    def load_splits(cls, config) -> tuple[LabelledText, LabelledText]:
+        return load_labelled(config)
+
+    @classmethod
+    def load_test(cls, config) -> LabelledText:
+        d = config.data
+        path = resolve_path(d.test)
+        return load_labelled_text(
+            path, d.text_column, d.label_column, d.labels or None, d.test_rows, "data.test"
+        )
+
+    @classmethod
+    def load_client_rows(cls, config, path: Path, field: str) -> LabelledText:
+        d = config.data
+        if not d.labels:
+            raise DataError("the server's experiment names no label set (data.labels is empty)")
+        return load_labelled_text(path, d.text_column, d.label_column, d.labels, 0, field)
+
+    @classmethod
+    def from_config(cls, config, method: Method, label_names: tuple[str, ...]):
+        m = config.model
+        tokenizer, encoder = load_encoder(m.name, m.init, m.layers, config.seed)
+        task = cls(
+            tokenizer, encoder, method, len(label_names), config.seed, config.federation.precision
+        )
+        task.tokenizer_key = tokenizer_key(m.name, tokenizer)
+        task.max_length = config.data.max_length
+        return task
+
+    def tokenize(self, table: LabelledText) -> TokenizedText:
+        return tokenize(table.texts, self.tokenizer, self.tokenizer_key, self.max_length)
 
     def __init__(
         self,
@@ -146,10 +220,6 @@ class ClassificationTask(SharedStateTask):
     # ---- export -----------------------------------------------------------------------------
     def export(self, out: Path, label_names: tuple[str, ...]) -> Path:
         """Save the trained part: the peft adapter (or full encoder), the head, the label names."""
-        import json
-
-        from safetensors.torch import save_file
-
         out.mkdir(parents=True, exist_ok=True)
         self.method.save(self.model.encoder, out)
         if not self.method.is_peft:  # head-only / full: the tokenizer too, so model/ stands alone
@@ -167,14 +237,6 @@ def load_exported(run_dir: Path):
     ``PeftModel.from_pretrained`` (a full fine-tune is loaded from ``model/``), and the head
     from ``head.safetensors``.
     """
-    import json
-
-    from safetensors.torch import load_file
-
-    from fedfm.config import load_config
-    from fedfm.methods import METHODS
-    from fedfm.tasks.models import load_encoder
-
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.toml")
     method = METHODS.of(config.method)(config.method)
@@ -185,8 +247,6 @@ def load_exported(run_dir: Path):
         m = config.model
         tokenizer, encoder = load_encoder(m.name, m.init, m.layers, config.seed)
     if method.is_peft:
-        from peft import PeftModel
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             encoder = PeftModel.from_pretrained(encoder, str(export))

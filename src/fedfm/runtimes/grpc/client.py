@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 
+from fedfm.assemble import node_app
 from fedfm.client.app import ClientTask
 from fedfm.codecs.wire import unpack_groups
 from fedfm.config import parse_config_text
@@ -209,9 +210,7 @@ class NetworkClient:
     # the loop --------------------------------------------------------------------------------
     def run(self, data: str | Path, build_app=None, max_rounds: int | None = None) -> JoinResult:
         """Join, build the client app from the server's config and ``data``, serve until done."""
-        from fedfm.client.node import build_client_app
-
-        build_app = build_app or build_client_app
+        build_app = build_app or node_app
         self.join()
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(stop,), daemon=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from fedfm.compat import check_network
 from fedfm.config import load_config
 from fedfm.errors import ConfigError
-from fedfm.server.serve import check_servable
 
 SERVED = ["server.tokens_file=tokens.txt"]
 
@@ -20,7 +20,7 @@ SERVED = ["server.tokens_file=tokens.txt"]
     ],
 )
 def test_secure_aggregation_and_client_level_dp_are_served(overrides):
-    check_servable(load_config(None, [*SERVED, *overrides]))
+    check_network(load_config(None, [*SERVED, *overrides]))
 
 
 @pytest.mark.parametrize(
@@ -37,4 +37,4 @@ def test_secure_aggregation_and_client_level_dp_are_served(overrides):
 )
 def test_what_the_network_cannot_honour_is_refused_by_name(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        check_servable(load_config(None, [*SERVED, *overrides]))
+        check_network(load_config(None, [*SERVED, *overrides]))

@@ -1,0 +1,204 @@
+"""The run directory: what a run writes, and how a run is driven to it and resumed from it.
+
+The run directory (``runs/<name>/``) is a contract later tools rely on::
+
+    config.toml      the resolved config (``fedfm run --resume`` reads it back)
+    partition.json   per client: rows, label histogram (and group for natural splits)
+    metrics.jsonl    one JSON object per round
+    summary.json     the final figures
+    checkpoints/     the last rounds' global and strategy state (safetensors)
+    adapter/         peft adapter + head.safetensors (lora, prompt, adapter); model/ for head, full;
+                     causal_lm: the peft adapter and the tokenizer
+    report.html      one self-contained page with the config, per-round table and plots
+
+A network server (``fedfm serve``) writes the same files, plus ``server.sqlite`` and ``updates/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedfm.codecs.wire import validate_state
+from fedfm.config import ExperimentConfig, config_to_toml, load_config
+from fedfm.errors import ResumeError
+from fedfm.metrics.memory import peak_rss_mb
+from fedfm.metrics.report import write_report
+from fedfm.metrics.sinks import JsonlSink, Sink
+from fedfm.prepared import Prepared
+from fedfm.privacy.audit import membership_auc
+from fedfm.server.checkpoint import Checkpoint, latest_checkpoint
+from fedfm.server.federation import Federation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a run returns: the figures of ``summary.json`` and the per-round rows."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def final_accuracy(self) -> float:
+        return self.summary["final_accuracy"]
+
+
+def resolve_config(
+    config: ExperimentConfig | str | Path | None,
+    resume: str | Path | None,
+    overrides: Sequence[str] = (),
+) -> tuple[ExperimentConfig, Checkpoint | None]:
+    """The config to run and, when resuming, the run directory's own config and last checkpoint
+    (None if it has none yet)."""
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.toml").is_file():
+            raise ResumeError(f"{str(run_dir)!r} is not a run directory: it has no config.toml")
+        return load_config(run_dir / "config.toml", overrides), latest_checkpoint(run_dir)
+    if not isinstance(config, ExperimentConfig):
+        return load_config(config, overrides), None
+    if overrides:
+        raise ValueError("overrides apply to a config file, not to an ExperimentConfig object")
+    return config, None
+
+
+def unique_run_dir(out: Path, name: str) -> Path:
+    """A new directory ``out/name`` (``name-2``, ``name-3``, ... when taken)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path, i = out / name, 1
+    while path.exists():
+        i += 1
+        path = out / f"{name}-{i}"
+    path.mkdir()
+    return path
+
+
+def read_rows(path: Path, up_to: int) -> list[dict[str, Any]]:
+    """The rows of ``metrics.jsonl`` up to round ``up_to``."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["round"] <= up_to]
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON atomically (a reader never sees half a file)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def open_run(
+    p: Prepared, out: str | Path, resume: str | Path | None, start_round: int
+) -> tuple[Path, list[dict[str, Any]]]:
+    """The run directory (new, or the resumed one) with its config, partition and fm4fl files
+    written, and ``metrics.jsonl`` cut back to the rows before ``start_round`` (returned)."""
+    if resume is None:
+        run_dir = unique_run_dir(Path(out), p.config.name)
+        (run_dir / "config.toml").write_text(config_to_toml(p.config))
+    else:
+        run_dir = Path(resume)
+    log.info("run directory: %s", run_dir)
+    labels = p.train.labels
+    write_json(run_dir / "partition.json", p.partition.describe(labels, p.train.label_names))
+    if p.fm4fl:
+        write_json(run_dir / "fm4fl.json", p.fm4fl)
+    rows = read_rows(run_dir / "metrics.jsonl", start_round - 1)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run_dir, rows
+
+
+def summary_base(p: Prepared, run_dir: Path) -> dict[str, Any]:
+    """The figures every summary starts with."""
+    c = p.config
+    trainable, total = p.task.num_params()
+    return {
+        "name": c.name,
+        "mode": c.federation.mode,
+        "method": c.method.plugin_name,
+        "strategy": c.strategy.plugin_name,
+        "clients": len(p.partition.client_ids),
+        "trainable_params": trainable,
+        "total_params": total,
+        "startup_seconds": round(p.startup_seconds, 3),
+        **({"fm4fl": p.fm4fl} if p.fm4fl else {}),
+        "run_dir": str(run_dir),
+    }
+
+
+def finish(
+    run_dir: Path, rows: list[dict[str, Any]], summary: dict[str, Any], sinks: Sequence[Sink]
+) -> RunResult:
+    """Write ``summary.json`` and the report; tell the sinks the run ended."""
+    summary["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    write_json(run_dir / "summary.json", summary)
+    write_report(run_dir, (run_dir / "config.toml").read_text(), rows, summary)
+    for sink in sinks:
+        sink.end(summary)
+    return RunResult(run_dir, summary, rows)
+
+
+def drive(
+    p: Prepared,
+    fed: Federation,
+    run_dir: Path,
+    sinks: Sequence[Sink],
+    ckpt: Checkpoint | None,
+    start_round: int,
+    rows: list[dict[str, Any]],
+) -> RunResult:
+    """Run a built Federation (restored from ``ckpt`` if given), score, export, summarise."""
+    c = p.config
+    centralized = c.federation.mode == "centralized"
+    fed.sinks.insert(0, JsonlSink(run_dir / "metrics.jsonl"))
+    fed.start_info["model_loaded_at"] = p.model_loaded_at
+    state = p.task.get_state()
+    if ckpt is not None:
+        state = validate_state(ckpt.state, state)
+        fed.strategy.load_state_dict(ckpt.strategy)
+        fed.load_memory_state(ckpt.memory, state)
+        fed.totals.update(ckpt.progress)
+    fed.rows = list(rows)
+    try:
+        state = fed.run(state, start_round)
+    finally:
+        fed.runtime.close()
+    if centralized:  # nothing is exchanged when the data are pooled
+        for row in fed.rows:
+            row["bytes_up"] = row["bytes_down"] = 0
+        fed.totals["bytes_up"] = fed.totals["bytes_down"] = 0
+
+    p.task.set_state(state)
+    final = p.task.evaluate(p.test_tokens, p.test.labels)  # the whole (data.test_rows) test set
+    export_dir = run_dir / ("adapter" if p.task.method.is_peft else "model")
+    p.task.export(export_dir, p.train.label_names)
+    summary = {
+        **summary_base(p, run_dir),
+        "final_accuracy": final["accuracy"],
+        "final_loss": final["loss"],
+        **({"final_perplexity": final["perplexity"]} if "perplexity" in final else {}),
+        "test_rows": len(p.test),
+        "rounds": c.federation.rounds,
+        "total_seconds": round(fed.totals["seconds"], 3),
+        "bytes_up_total": fed.totals["bytes_up"],
+        "bytes_down_total": fed.totals["bytes_down"],
+        "rejected_updates": len(fed.rejected),
+        **fed.strategy.summary(),
+        **({"mia_auc": membership_auc(p, c.privacy.audit_rows, c.seed)} if c.privacy.audit else {}),
+        **({"attack": c.attack.type, "malicious_clients": p.malicious} if p.attack else {}),
+        **(
+            {"final_attack_success_rate": fed.rows[-1].get("attack_success_rate")}
+            if p.triggered
+            else {}
+        ),
+        "export_dir": str(export_dir),
+    }
+    return finish(run_dir, fed.rows, summary, sinks)
