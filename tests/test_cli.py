@@ -62,7 +62,8 @@ def test_config_prints_a_loadable_default(capsys, tmp_path):
             ["model.name=/nonexistent/model"],
             "model.name = '/nonexistent/model' could not be loaded",
         ),
-        (["runtime.type=grpc"], "runtime.type = 'grpc' runs over the network: start `fedfm serve"),
+        # runtime.type = 'grpc' serves the experiment (fedfm serve): it needs its client list
+        (["runtime.type=grpc"], "server.tokens_file is empty"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, overrides, message):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from fedfm.client.app import ClientApp, ClientTask
+from fedfm.client.secure import secure_vector
 from fedfm.codecs import CodecContext, Pipeline, peer_seed
-from fedfm.privacy.federated import secure_vector
 from fedfm.state import FitInstructions, Update
 
 TEMPLATE = OrderedDict(a=torch.zeros(6, 5), b=torch.zeros(7))

@@ -278,3 +278,34 @@ def test_secure_aggregation_over_the_network_reproduces_the_simulated_run(tmp_pa
     # the server never held an update: nothing was stored, and no update payload was logged
     with sqlite3.connect(d.run_dir() / "server.sqlite") as con:
         assert con.execute("SELECT COUNT(*) FROM updates").fetchone() == (0,)
+
+
+def test_a_causal_lm_is_served_and_joined_like_the_simulation(tmp_path, tiny_lm):
+    """task.type = 'causal_lm' over fedfm serve + fedfm join: the same task registry and
+    assembly as the simulation, so the network run reproduces it bit for bit."""
+    from fedfm.config import load_config
+    from fedfm.experiment import run
+    from tests.tasks.test_causal_lm import TINY_LM
+
+    lm = [
+        *TINY_LM,
+        f"model.name={str(tiny_lm)!r}",
+        "name=net",
+        "server.tokens_file=tokens.txt",
+        "server.min_clients=2",
+        "server.round_timeout=120",
+        "server.client_timeout=8",
+        "server.linger=15",
+    ]
+    sim = run(load_config(None, lm), out=tmp_path / "sim")
+    d = Deployment(tmp_path, lm)
+    d.run_to_the_end()
+    summary = json.loads((d.run_dir() / "summary.json").read_text())
+    assert summary["final_perplexity"] == sim.summary["final_perplexity"]
+    assert summary["final_accuracy"] == sim.summary["final_accuracy"]  # exact match
+    assert summary["bytes_up_total"] == sim.summary["bytes_up_total"] > 0
+    _assert_same_adapter(d.run_dir(), sim.run_dir)
+    rows = [json.loads(r) for r in (d.run_dir() / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    served = load_config(d.run_dir() / "config.toml")
+    assert served.task.type == "causal_lm"

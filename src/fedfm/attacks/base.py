@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedfm.errors import ConfigError
 from fedfm.registry import Registry
 from fedfm.state import State
 
@@ -20,8 +21,6 @@ class Attack:
         self.label_names = label_names
         target = config.target_label or label_names[0]
         if target not in label_names:
-            from fedfm.errors import ConfigError
-
             raise ConfigError(
                 f"attack.target_label = {target!r} is not a label; allowed: {', '.join(label_names)}"
             )

@@ -11,6 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from fedfm.assemble import prepare
+from fedfm.bench.flops import matmul_peak_gflops, train_step_rate
 from fedfm.bench.runner import Measured, run_system
 from fedfm.bench.scenarios import SCENARIOS, Scenario
 from fedfm.config import config_to_toml, load_config
@@ -98,9 +100,6 @@ def _ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 def _flop_rate(config) -> dict[str, float]:
     """Matmul peak and the train step's FLOP rate, measured in this process."""
     import torch
-
-    from fedfm.assemble import prepare
-    from fedfm.bench.flops import matmul_peak_gflops, train_step_rate
 
     torch.set_num_threads(config.runtime.threads or os.cpu_count() or 1)
     peak = matmul_peak_gflops()

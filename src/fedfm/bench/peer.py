@@ -10,14 +10,15 @@ import importlib
 import sys
 from pathlib import Path
 
+from fedfm.bench.recorder import Recorder
+from fedfm.config import load_config
+
 # system name -> module under fedfm.bench.peers with a `run(config, recorder)` function
 PEERS = {"fedfm": "fedfm_peer", "plain": "plain", "flower": "flower"}
 
 
 def main(argv: list[str]) -> int:
     system, config_path, out = argv
-    from fedfm.bench.recorder import Recorder
-    from fedfm.config import load_config
 
     config = load_config(config_path)
     module = importlib.import_module(f"fedfm.bench.peers.{PEERS[system]}")

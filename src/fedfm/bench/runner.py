@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedfm.config import parse_config_text
 from fedfm.errors import FedFMError
 
 
@@ -163,8 +164,6 @@ def _same_config(earlier: str | None, now: str) -> bool:
         return False
     if earlier == now:
         return True
-    from fedfm.config import parse_config_text
-    from fedfm.errors import FedFMError
 
     try:
         return parse_config_text(earlier) == parse_config_text(now)

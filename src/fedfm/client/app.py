@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedfm.client.secure import secure_vector, secure_weight
 from fedfm.codecs import CodecContext, Pipeline, peer_seed
 from fedfm.data.tokens import TokenizedText
 from fedfm.state import FitInstructions, State
@@ -153,11 +154,9 @@ class ClientApp:
 
         The update goes through the uplink codecs and back, exactly as the server would decode
         it (with this client's own copy of the server's uplink decoder memory), then becomes
-        :func:`~fedfm.privacy.federated.secure_vector` against the received state: the same
+        :func:`~fedfm.client.secure.secure_vector` against the received state: the same
         numbers a simulated run sums.
         """
-        from fedfm.privacy.federated import secure_vector, secure_weight
-
         update, state, payload = self._train(task)
         memory = self.secure_memory.setdefault(task.client_id, {})
         seed = peer_seed(self.trainer.seed, task.client_id)

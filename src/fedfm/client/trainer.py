@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import TYPE_CHECKING
+from contextlib import AbstractContextManager
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -12,8 +13,20 @@ import torch
 from fedfm.errors import TrainingError
 from fedfm.state import FitInstructions, State, Update
 
-if TYPE_CHECKING:
-    from fedfm.privacy.local import LocalDP
+
+class PrivateTraining(Protocol):
+    """Example-level private training of a fit (``privacy.dp = "local"``:
+    :class:`fedfm.privacy.local.LocalDP`): wraps the model and optimizer for one fit."""
+
+    def training(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        batch_size: int,
+        seed: int,
+        proximal: tuple | None,
+    ) -> AbstractContextManager[torch.optim.Optimizer]: ...
 
 
 def derive_seed(*parts: int) -> int:
@@ -42,7 +55,7 @@ class Trainer:
         weight_decay: float = 0.0,
         seed: int = 0,
         length_grouping: int = 1,
-        local_dp: LocalDP | None = None,
+        local_dp: PrivateTraining | None = None,
     ) -> None:
         self.task = task
         self.local_dp = local_dp

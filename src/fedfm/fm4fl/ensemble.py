@@ -17,8 +17,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedfm.client.app import ClientData
+from fedfm.data.tokens import tokenize
+from fedfm.fm4fl.warmup import transfer_texts
 from fedfm.state import FitInstructions, State, Update
 from fedfm.strategies.base import Strategy, WrappedStrategy
+from fedfm.tasks.models import tokenizer_key
 
 if TYPE_CHECKING:
     from fedfm.client.trainer import Trainer
@@ -49,7 +53,6 @@ class EnsembleDistillation(WrappedStrategy):
         return total / len(updates)
 
     def aggregate(self, round: int, global_state: State, updates: list[Update]) -> State:
-        from fedfm.client.app import ClientData
 
         aggregate = self.inner.aggregate(round, global_state, updates)
         targets = self.ensemble(updates)
@@ -69,9 +72,6 @@ class EnsembleDistillation(WrappedStrategy):
 
 def wrap(strategy: Strategy, trainer: Trainer, config) -> EnsembleDistillation:
     """``strategy`` with FedDF after every aggregation, on ``warmup.data``'s transfer table."""
-    from fedfm.data.tokens import tokenize
-    from fedfm.fm4fl.warmup import transfer_texts
-    from fedfm.tasks.models import tokenizer_key
 
     tokenizer = trainer.task.tokenizer
     key = tokenizer_key(config.model.name, tokenizer)

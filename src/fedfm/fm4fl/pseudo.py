@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedfm.fm4fl.teacher import build_teacher, confidence, teach
+
 if TYPE_CHECKING:
     from fedfm.prepared import Prepared
 
@@ -48,7 +50,6 @@ def labelled_rows(
 def apply_scarce_labels(p: Prepared) -> dict[str, Any]:
     """Reduce every client to its labelled rows, plus confident pseudo-labelled ones when a
     teacher and a threshold are configured; returns the report (``fm4fl.json``)."""
-    from fedfm.fm4fl.teacher import build_teacher, confidence, teach
 
     c = p.config
     labelled, unlabelled = labelled_rows(p.partition.indices, c.data.labelled_fraction, c.seed)

@@ -23,8 +23,13 @@ from pathlib import Path
 
 import torch
 
-from fedfm.config import ExperimentConfig
+from fedfm.client.trainer import derive_seed
+from fedfm.config import ExperimentConfig, resolve_path
+from fedfm.data.tokens import cache_dir
 from fedfm.errors import DataError
+from fedfm.fm4fl.teacher import descriptions
+from fedfm.fm4fl.verify import verify
+from fedfm.tasks.models import load_causal_lm, model_stamp, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +46,6 @@ class SyntheticSet:
 
 def prompts(config: ExperimentConfig, label_names: Sequence[str]) -> list[str]:
     """The prompt of each label, in label order."""
-    from fedfm.fm4fl.teacher import descriptions
 
     texts = descriptions(config, label_names)
     return [
@@ -59,7 +63,6 @@ def _clean(reply: str) -> str:
 
 
 def _key(config: ExperimentConfig, where: str, texts: list[str]) -> str:
-    from fedfm.tasks.models import model_stamp
 
     s = config.synthetic
     identity = {
@@ -82,14 +85,9 @@ def generate(
     progress: Callable[[int, int], None] | None = None,
 ) -> SyntheticSet:
     """The synthetic labelled set of ``config`` (generated once, then read from the cache)."""
-    from fedfm.client.trainer import derive_seed
-    from fedfm.data.tokens import cache_dir
-    from fedfm.tasks.models import load_causal_lm, resolve_model
 
     s = config.synthetic
     if s.file:
-        from fedfm.config import resolve_path
-
         path = resolve_path(s.file)
         if not path.is_file():
             raise DataError(f"synthetic.file = {s.file!r} does not exist")
@@ -172,8 +170,6 @@ def verified(
     ``synthetic.verify`` is off. ``labelled`` (per client, the rows whose label it knows; default
     all) gives the label histograms the set is balanced against."""
     import numpy as np
-
-    from fedfm.fm4fl.verify import verify
 
     s = config.synthetic
     generated = generate(config, train.label_names, progress)

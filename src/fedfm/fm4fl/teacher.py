@@ -37,8 +37,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from fedfm.config import ExperimentConfig, TeacherConfig
+from fedfm.config import ExperimentConfig, TeacherConfig, resolve_path
+from fedfm.data.tokens import cache_dir
 from fedfm.errors import ConfigError, ModelError
+from fedfm.tasks.classification import load_exported
+from fedfm.tasks.models import load_causal_lm, load_encoder, model_stamp, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +111,6 @@ class EmbeddingTeacher(Teacher):
 
     def __init__(self, model: str, label_names, label_texts, access: str, max_length: int):
         super().__init__(label_names, access)
-        from fedfm.tasks.models import resolve_model
 
         self.model_name, self.where = model, resolve_model(model, "teacher.model")
         self.max_length = max_length
@@ -116,14 +118,12 @@ class EmbeddingTeacher(Teacher):
         self.encoder = None  # loaded on the first prediction: a cache hit never loads it
 
     def _load(self) -> None:
-        from fedfm.tasks.models import load_encoder
 
         self.tokenizer, self.encoder = load_encoder(self.model_name, key="teacher.model")
         self.encoder.eval()
         self.label_vectors = self._embed(self.label_texts)
 
     def identity(self) -> dict:
-        from fedfm.tasks.models import model_stamp
 
         return {
             "type": "embedding",
@@ -155,7 +155,6 @@ class GenerativeTeacher(Teacher):
 
     def __init__(self, model: str, label_names, answers, instruction, access, max_length):
         super().__init__(label_names, access)
-        from fedfm.tasks.models import load_causal_lm, resolve_model
 
         self.where = resolve_model(model, "teacher.model")
         self.tokenizer, self.model = load_causal_lm(model, "bf16", key="teacher.model")
@@ -179,7 +178,6 @@ class GenerativeTeacher(Teacher):
         self.answer_ids = first
 
     def identity(self) -> dict:
-        from fedfm.tasks.models import model_stamp
 
         return {
             "type": "generative",
@@ -242,8 +240,6 @@ class RunTeacher(Teacher):
 
     def __init__(self, run_dir: str, label_names, access: str, max_length: int):
         super().__init__(label_names, access)
-        from fedfm.config import resolve_path
-        from fedfm.tasks.classification import load_exported
 
         self.run_dir = resolve_path(run_dir)
         if not (self.run_dir / "config.toml").is_file():
@@ -361,7 +357,6 @@ def teach(
     FMs often skew towards a few labels). Black-box rows are one-hot (the teacher's argmax for
     teachers that could give more), all-zero where it abstained.
     """
-    from fedfm.data.tokens import cache_dir
 
     texts = list(texts)
     digest = hashlib.sha256(json.dumps(teacher.identity(), sort_keys=True).encode())

@@ -28,7 +28,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedfm.client.app import ClientData
+from fedfm.client.trainer import Trainer
+from fedfm.config import resolve_path
+from fedfm.data.table import read_table
+from fedfm.data.tokens import cache_dir, tokenize
 from fedfm.errors import DataError
+from fedfm.fm4fl.synthetic import verified
+from fedfm.fm4fl.teacher import build_teacher, teach
+from fedfm.state import FitInstructions
 
 if TYPE_CHECKING:
     from fedfm.prepared import Prepared
@@ -64,7 +72,6 @@ def _cache_key(p: Prepared) -> str:
 def _stamp(path: str) -> list:
     """A configured path as the cache key sees it: resolved, with size and modification time
     (the same config over other data, or a changed file, warms up anew)."""
-    from fedfm.config import resolve_path
 
     if not path:
         return []
@@ -79,8 +86,6 @@ def _stamp(path: str) -> list:
 
 def transfer_texts(config) -> list[str]:
     """The unlabelled transfer table's texts: ``warmup.data``, rows offset … offset + rows."""
-    from fedfm.config import resolve_path
-    from fedfm.data.table import read_table
 
     w = config.warmup
     table = read_table(resolve_path(w.data), "warmup.data")
@@ -97,7 +102,6 @@ def transfer_texts(config) -> list[str]:
 
 def transfer_set(p: Prepared) -> tuple[list[str], np.ndarray, dict[str, Any]]:
     """The transfer table's texts and the teacher's targets (soft rows or class indices)."""
-    from fedfm.fm4fl.teacher import build_teacher, teach
 
     c = p.config
     texts = transfer_texts(c)
@@ -114,7 +118,6 @@ def transfer_set(p: Prepared) -> tuple[list[str], np.ndarray, dict[str, Any]]:
 
 def synthetic_set(p: Prepared) -> tuple[list[str], np.ndarray, dict[str, Any]]:
     """The verified synthetic set and its labels."""
-    from fedfm.fm4fl.synthetic import verified
 
     # near-copies are looked for in every row the clients hold, labelled or not
     generated, checked = verified(
@@ -141,11 +144,6 @@ def warm_up(p: Prepared, tokenizer, tokens_key: str) -> dict[str, Any]:
     """Train the global model at the server before round 1 (see the module docstring); the
     task ends in the warmed state. Returns the report (``fm4fl.json``'s ``warmup``)."""
     from safetensors.torch import load_file, save_file
-
-    from fedfm.client.app import ClientData
-    from fedfm.client.trainer import Trainer
-    from fedfm.data.tokens import cache_dir, tokenize
-    from fedfm.state import FitInstructions
 
     c, w = p.config, p.config.warmup
     path = cache_dir() / "warmup" / f"{_cache_key(p)}.safetensors"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedfm.config import check
+from fedfm.errors import ConfigError
 from fedfm.methods.base import METHODS, Method
 
 
@@ -33,8 +34,6 @@ class Adapter(Method):
 
     def wrap(self, encoder):
         from peft import IA3Config, TaskType, get_peft_model
-
-        from fedfm.errors import ConfigError
 
         kwargs = {}
         if self.spec.target_modules:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from fedfm.config import check
+from fedfm.errors import ConfigError
 from fedfm.methods.base import METHODS, Method
 from fedfm.state import State
 from fedfm.strategies.lora_aggregation import lora_pairs, svd_factors
@@ -156,8 +157,6 @@ class Lora(Method):
 
     def wrap(self, encoder):
         from peft import LoraConfig, get_peft_model
-
-        from fedfm.errors import ConfigError
 
         config = LoraConfig(
             r=self.spec.r,

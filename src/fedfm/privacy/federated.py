@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from fedfm.client.secure import secure_round_metrics, secure_vector, secure_weight, unflatten
 from fedfm.client.trainer import derive_seed
 from fedfm.errors import ConfigError, ProtocolError
 from fedfm.privacy.accounting import PrivacyAccountant, client_sample_rate, resolve_noise_multiplier
@@ -53,41 +54,6 @@ ACCOUNTING_NOTE = (
     "clients; fedfm samples exactly clients_per_round clients without replacement, for which "
     "this is the usual approximation"
 )
-
-
-def _flat(delta: State) -> np.ndarray:
-    return torch.cat([t.reshape(-1).to(torch.float32) for t in delta.values()]).numpy()
-
-
-def _unflat(vector: np.ndarray, template: State) -> State:
-    out, pos = OrderedDict(), 0
-    flat = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float32))
-    for name, t in template.items():
-        out[name] = flat[pos : pos + t.numel()].reshape(t.shape).clone()
-        pos += t.numel()
-    return out
-
-
-def secure_weight(uniform: bool, num_examples: int) -> float:
-    """A client's weight in the mean: 1 under distributed DP, else its example count."""
-    return 1.0 if uniform else float(num_examples)
-
-
-def secure_vector(state: State, reference: State, weight: float, loss: float) -> np.ndarray:
-    """What one client puts into the secure sum: ``[w·Δ (flattened), w·loss, w]``, Δ = state −
-    reference. The server learns Σ w·Δ, Σ w·loss and Σ w only: the weighted mean update and
-    training loss, never one client's update, weight or loss. A simulated client and a network
-    client compute it with this one function, so both runs sum the same numbers."""
-    delta = OrderedDict((n, state[n].float() - reference[n].float()) for n in reference)
-    return np.append(_flat(delta) * weight, [weight * loss, weight])
-
-
-def secagg_metrics(bytes_up: int, bytes_down: int, seconds: float) -> dict[str, float]:
-    return {
-        "secagg_bytes_up": float(bytes_up),
-        "secagg_bytes_down": float(bytes_down),
-        "secagg_seconds": seconds,
-    }
 
 
 class ProtectedAggregation(WrappedStrategy):
@@ -202,7 +168,7 @@ class ProtectedAggregation(WrappedStrategy):
         if not weight > 0:
             raise ProtocolError(f"secure aggregation: the summed weight is {weight}, not positive")
         metrics["secagg_loss"] = float(total[-2]) / weight
-        mean = _unflat(total[:-2] / weight, reference)
+        mean = unflatten(total[:-2] / weight, reference)
         summed = int(metrics["secagg_survivors"])
         return self._finish(round, global_state, reference, mean, summed, metrics, updates)
 
@@ -282,7 +248,7 @@ class ProtectedAggregation(WrappedStrategy):
             seed=seed,
             session=self.session(rnd, f"{seed % (1 << 64):016x}"),
         )
-        metrics.update(secagg_metrics(result.bytes_up, result.bytes_down, result.seconds))
+        metrics.update(secure_round_metrics(result.bytes_up, result.bytes_down, result.seconds))
         metrics["secagg_survivors"] = float(len(result.survivors))
         self.secure_bytes = (result.bytes_up, result.bytes_down)
         return result.sum

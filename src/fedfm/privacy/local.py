@@ -51,6 +51,8 @@ from torch import nn
 
 from fedfm.client.trainer import derive_seed
 from fedfm.errors import ConfigError, ResumeError, TrainingError
+from fedfm.privacy.accounting import noise_for_target_epsilon
+from fedfm.privacy.dp import local_dp_epsilon
 from fedfm.registry import spec_name
 
 if TYPE_CHECKING:
@@ -116,7 +118,6 @@ def local_noise_multiplier(privacy, plans: Mapping[str, tuple[float, int]], roun
     """
     if privacy.noise_multiplier > 0:
         return float(privacy.noise_multiplier)
-    from fedfm.privacy.accounting import noise_for_target_epsilon
 
     q = max(rate for rate, _ in plans.values())
     steps = rounds * max(steps for _, steps in plans.values())
@@ -277,7 +278,6 @@ class LocalAccountant:
         self.steps[client_id] = self.steps.get(client_id, 0) + int(steps)
 
     def client_epsilon(self, client_id: str, delta: float) -> float:
-        from fedfm.privacy.dp import local_dp_epsilon
 
         rows, steps = self.rows[client_id], self.steps[client_id]
         key = (rows, steps, float(delta))

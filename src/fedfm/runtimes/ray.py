@@ -15,9 +15,12 @@ import logging
 import os
 
 from fedfm import assemble
-from fedfm.config import parse_config_text
+from fedfm.client.app import ClientTask
+from fedfm.codecs.wire import pack_groups, unpack_groups
+from fedfm.config import config_to_toml, parse_config_text
 from fedfm.errors import ConfigError, FedFMError, TrainingError
 from fedfm.runtimes.base import RUNTIMES, Runtime
+from fedfm.state import FitInstructions
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +37,6 @@ class _Worker:
         self.app, _ = assemble.client_app(self.prepared, client_ids)
 
     def handle(self, client_id: str, payload: bytes, instructions: dict) -> bytes | tuple[str, str]:
-        from fedfm.client.app import ClientTask
-        from fedfm.state import FitInstructions
 
         try:
             return self.app.handle(ClientTask(client_id, payload, FitInstructions(**instructions)))
@@ -45,18 +46,15 @@ class _Worker:
             return ("refused", str(e))
 
     def load_view(self, blob: bytes) -> None:
-        from fedfm.codecs.wire import unpack_groups
 
         self.app.load_view(unpack_groups(blob))
 
     def client_memory(self) -> bytes:
-        from fedfm.codecs.wire import pack_groups
 
         groups = {k: v for k, v in self.app.state_dict().items() if k.startswith("client.up.")}
         return pack_groups(groups)
 
     def load_client_memory(self, blob: bytes) -> None:
-        from fedfm.codecs.wire import unpack_groups
 
         groups = unpack_groups(blob)
         prefix = "client.up."
@@ -78,8 +76,6 @@ class RayRuntime(Runtime):
         if config is None:
             raise ConfigError("the ray runtime needs the experiment config")
         from dataclasses import asdict
-
-        from fedfm.config import config_to_toml
 
         self._ray = ray
         self._asdict = asdict
@@ -169,7 +165,6 @@ class RayRuntime(Runtime):
                 yield cid, result
 
     def state_dict(self):
-        from fedfm.codecs.wire import unpack_groups
 
         groups = {}
         for blob in self._ray.get([w.client_memory.remote() for w in self.workers]):
@@ -177,7 +172,6 @@ class RayRuntime(Runtime):
         return groups
 
     def load_state_dict(self, groups):
-        from fedfm.codecs.wire import pack_groups
 
         per_worker: list[dict] = [{} for _ in self.workers]
         for key, tensors in groups.items():

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 
 from fedfm.client.app import ClientTask
+from fedfm.client.secure import secure_round_metrics
 from fedfm.codecs import CodecContext, Pipeline, peer_seed
+from fedfm.codecs.wire import pack_groups
 from fedfm.errors import FedFMError, ProtocolError
 from fedfm.metrics.memory import peak_rss_mb
 from fedfm.metrics.sinks import Sink
@@ -172,9 +174,7 @@ class Federation:
         outcome = self.runtime.secure_dispatch(rnd, tasks, selected, protocol, progress)
         for cid, error in outcome.failures:
             self._reject(rnd, cid, error)
-        from fedfm.privacy.federated import secagg_metrics
-
-        metrics = secagg_metrics(outcome.bytes_up, outcome.bytes_down, outcome.seconds)
+        metrics = secure_round_metrics(outcome.bytes_up, outcome.bytes_down, outcome.seconds)
         metrics["secagg_survivors"] = float(len(outcome.survivors))
         reference = self.client_view if self.client_view is not None else state
         state = self.strategy.aggregate_secure(rnd, state, reference, outcome.sum, metrics)
@@ -247,7 +247,6 @@ class Federation:
         memory = dict(self.view_memory)  # codecs replace memory tensors, never write into them
 
         def pack() -> bytes:
-            from fedfm.codecs.wire import pack_groups
 
             groups = {"client.view_memory": memory}
             if view is not None:

@@ -38,6 +38,7 @@ from typing import NamedTuple
 
 import torch
 
+from fedfm.config import check_choice
 from fedfm.state import State, Update
 from fedfm.strategies.base import STRATEGIES, Strategy
 
@@ -307,7 +308,6 @@ class LoraSvdSpec:
     split: str = "a_scale"  # how the product is cut into B and A: "a_scale" | "sqrt" (FlexLoRA)
 
     def __post_init__(self) -> None:
-        from fedfm.config import check_choice
 
         check_choice("strategy.split", self.split, list(SPLITS))
 

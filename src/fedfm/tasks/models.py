@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from fedfm.data.tokens import cache_dir
 from fedfm.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,6 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
 def gguf_to_folder(gguf: Path) -> Path:
     """The cached plain HF folder of a GGUF model file, converted on first use (about a minute)."""
-    from fedfm.data.tokens import cache_dir
 
     final = cache_dir() / "models" / gguf_cache_key(gguf)
     if not final.is_dir():

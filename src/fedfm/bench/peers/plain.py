@@ -14,6 +14,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedfm.config import resolve_path
+from fedfm.data.partition import partition
+from fedfm.data.table import load_labelled_text
+from fedfm.tasks.models import resolve_model
+
 
 class Classifier(nn.Module):
     def __init__(self, encoder, num_labels: int) -> None:
@@ -30,11 +35,6 @@ class Classifier(nn.Module):
 def run(config, recorder) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModel, AutoTokenizer
-
-    from fedfm.config import resolve_path
-    from fedfm.data.partition import partition
-    from fedfm.data.table import load_labelled_text
-    from fedfm.tasks.models import resolve_model
 
     torch.manual_seed(config.seed)
     d, f = config.data, config.federation

@@ -1,0 +1,53 @@
+"""The ``fedfm`` command line: ``fedfm run | config | report | generate | synthesize | bench |
+serve | join | certs``.
+
+Errors of the FedFMError hierarchy print one line and exit with code 2; ``--debug`` shows the
+traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from fedfm.cli import commands
+from fedfm.cli.parser import build_parser
+from fedfm.errors import FedFMError
+
+COMMANDS = {
+    "run": commands.cmd_run,
+    "config": commands.cmd_config,
+    "report": commands.cmd_report,
+    "generate": commands.cmd_generate,
+    "synthesize": commands.cmd_synthesize,
+    "bench": commands.cmd_bench,
+    "serve": commands.cmd_serve,
+    "join": commands.cmd_join,
+    "certs": commands.cmd_certs,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except FedFMError as e:
+        if args.debug:
+            raise
+        print(f"fedfm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedfm: interrupted; continue with `fedfm run --resume RUN_DIR`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

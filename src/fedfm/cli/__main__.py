@@ -1,0 +1,7 @@
+"""``python -m fedfm.cli``: the ``fedfm`` command line."""
+
+import sys
+
+from fedfm.cli import main
+
+sys.exit(main())
