@@ -145,6 +145,34 @@ class _CodecRegistry(Registry[type[Codec]]):
                 return name
         raise KeyError(cls.__name__)
 
+    def parse_chain(self, items: tuple[str, ...] | list[str], field: str) -> list[Codec]:
+        """Build the codecs of a chain (``name`` or ``name:argument`` each) and check their order:
+        each codec once, a ``first_only`` codec first, a ``last_only`` one last."""
+        codecs = [parse_codec(item, field) for item in items]
+        specs = [c.spec() for c in codecs]
+        names = [self.name_of_class(type(c)) for c in codecs]
+        for i, codec in enumerate(codecs):
+            if names[i] in names[:i]:
+                raise ConfigError(
+                    f"{field} item {specs[i]!r}: {names[i]!r} appears twice; "
+                    "each codec may appear once in a pipeline"
+                )
+            if codec.last_only and i < len(codecs) - 1:
+                raise ConfigError(
+                    f"{field} item {specs[i]!r} must come last: it turns the tensors into "
+                    f"one compressed blob, so {specs[i + 1]!r} cannot follow it"
+                )
+            if codec.first_only and i > 0:
+                raise ConfigError(
+                    f"{field} item {specs[i]!r} must come first: it codes the state against "
+                    f"the one the receiver holds, so it cannot follow {specs[i - 1]!r}"
+                )
+        return codecs
+
+    def check_chain(self, items: tuple[str, ...] | list[str], field: str) -> None:
+        """Raise the ConfigError a :class:`Pipeline` of ``items`` would (the config's check)."""
+        self.parse_chain(items, field)
+
 
 CODECS = _CodecRegistry("codec", "codec")
 
@@ -173,25 +201,8 @@ class Pipeline:
     """
 
     def __init__(self, items: tuple[str, ...] | list[str], field: str = "codec") -> None:
-        self.codecs = [parse_codec(item, field) for item in items]
+        self.codecs = CODECS.parse_chain(items, field)
         self.specs = [c.spec() for c in self.codecs]
-        names = [CODECS.name_of_class(type(c)) for c in self.codecs]
-        for i, codec in enumerate(self.codecs):
-            if names[i] in names[:i]:
-                raise ConfigError(
-                    f"{field} item {self.specs[i]!r}: {names[i]!r} appears twice; "
-                    "each codec may appear once in a pipeline"
-                )
-            if codec.last_only and i < len(self.codecs) - 1:
-                raise ConfigError(
-                    f"{field} item {self.specs[i]!r} must come last: it turns the tensors into "
-                    f"one compressed blob, so {self.specs[i + 1]!r} cannot follow it"
-                )
-            if codec.first_only and i > 0:
-                raise ConfigError(
-                    f"{field} item {self.specs[i]!r} must come first: it codes the state against "
-                    f"the one the receiver holds, so it cannot follow {self.specs[i - 1]!r}"
-                )
 
     @property
     def stateful(self) -> bool:

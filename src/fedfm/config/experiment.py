@@ -1,0 +1,173 @@
+"""The whole experiment: its sections, the plug-in specs of ``[method]`` and ``[strategy]``, and
+the rules that span sections (checked once, when the config is built)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedfm.config.checks import check, registry
+from fedfm.config.fm4fl import SyntheticConfig, TeacherConfig, WarmupConfig
+from fedfm.config.sections import (
+    CodecConfig,
+    DataConfig,
+    FederationConfig,
+    ModelConfig,
+    PartitionConfig,
+    RuntimeConfig,
+    ServerConfig,
+    TaskConfig,
+)
+from fedfm.config.security import AttackConfig, PrivacyConfig, SecAggConfig
+from fedfm.registry import spec_name
+
+# LoRA's default targets are BERT's attention names; Llama-style decoders call them these.
+CAUSAL_LM_LORA_TARGETS = ("q_proj", "v_proj")
+
+
+def _check_causal_lm(config: ExperimentConfig) -> None:
+    """task.type = 'causal_lm': LoRA only (the default targets become q_proj, v_proj); no data
+    attacks and no example-level DP, which assume labelled classification rows."""
+
+    method = spec_name(config.method)
+    check(method == "lora", "method.type", method, "'lora' with task.type = 'causal_lm'")
+    if config.method.target_modules == type(config.method)().target_modules:
+        object.__setattr__(
+            config,
+            "method",
+            dataclasses.replace(config.method, target_modules=CAUSAL_LM_LORA_TARGETS),
+        )
+    check(
+        config.attack.type not in ("label_flip", "backdoor"),
+        "attack.type",
+        config.attack.type,
+        "an update attack ('none', 'sign_flip', 'scale', 'noise') with task.type = 'causal_lm'",
+    )
+    check(
+        config.privacy.dp != "local",
+        "privacy.dp",
+        config.privacy.dp,
+        "'none', 'central' or 'distributed' with task.type = 'causal_lm'",
+    )
+
+
+def _check_fm4fl(config: ExperimentConfig) -> None:
+    """The FM-for-FL sections fit together: a teacher where one is needed, classification only."""
+    fm4fl = (
+        config.teacher.type != "none"
+        or config.warmup.source != "none"
+        or config.warmup.ensemble_steps
+        or config.data.labelled_fraction < 1
+        or config.model.init != "pretrained"
+        or config.model.layers
+    )
+    if fm4fl:
+        check(
+            config.task.type == "classification",
+            "task.type",
+            config.task.type,
+            "'classification' with [teacher], [warmup], data.labelled_fraction or model.init",
+        )
+    if config.warmup.ensemble_steps:
+        check(
+            config.privacy.dp == "none" and not config.secagg.enabled,
+            "warmup.ensemble_steps",
+            config.warmup.ensemble_steps,
+            "0 with DP or secure aggregation (ensemble distillation reads each client's model)",
+        )
+    if config.warmup.source == "transfer":
+        check(
+            config.teacher.type != "none",
+            "teacher.type",
+            config.teacher.type,
+            "a teacher to label the transfer set of warmup.source = 'transfer'",
+        )
+    if config.teacher.pseudo_label_threshold > 0:
+        check(
+            config.teacher.type != "none",
+            "teacher.type",
+            config.teacher.type,
+            "a teacher for teacher.pseudo_label_threshold > 0",
+        )
+        check(
+            config.data.labelled_fraction < 1,
+            "teacher.pseudo_label_threshold",
+            config.teacher.pseudo_label_threshold,
+            "0 unless data.labelled_fraction < 1 (there are no unlabelled rows to pseudo-label)",
+        )
+
+
+def _method_spec_default() -> Any:
+    return registry("method").get("lora").Spec()
+
+
+def _strategy_spec_default() -> Any:
+    return registry("strategy").get("fedavg").Spec()
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole experiment; ``ExperimentConfig()`` is the built-in default."""
+
+    name: str = "agnews-lora"
+    seed: int = 0
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    method: Any = field(default_factory=_method_spec_default)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    strategy: Any = field(default_factory=_strategy_spec_default)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        check(
+            bool(self.name) and "/" not in self.name,
+            "name",
+            self.name,
+            "a non-empty name without '/'",
+        )
+        check(0 <= self.seed < 2**32, "seed", self.seed, "0 … 2**32 − 1")
+        if self.task.type == "causal_lm":
+            _check_causal_lm(self)
+        _check_fm4fl(self)
+        if self.federation.mode == "federated" and self.partition.clients:
+            check(
+                self.federation.clients_per_round <= self.partition.clients,
+                "federation.clients_per_round",
+                self.federation.clients_per_round,
+                f"≤ partition.clients ({self.partition.clients})",
+            )
+
+    def replace(self, **changes: Any) -> ExperimentConfig:
+        """A copy with ``changes`` (whole sections or ``name``/``seed``), validated again."""
+        return dataclasses.replace(self, **changes)
+
+
+SECTIONS: dict[str, type] = {
+    "task": TaskConfig,
+    "model": ModelConfig,
+    "data": DataConfig,
+    "partition": PartitionConfig,
+    "federation": FederationConfig,
+    "runtime": RuntimeConfig,
+    "codec": CodecConfig,
+    "privacy": PrivacyConfig,
+    "secagg": SecAggConfig,
+    "attack": AttackConfig,
+    "server": ServerConfig,
+    "teacher": TeacherConfig,
+    "warmup": WarmupConfig,
+    "synthetic": SyntheticConfig,
+}
+"""The sections whose schema is fixed, in file order; ``[method]`` and ``[strategy]`` are the
+spec of the plug-in they name."""
