@@ -12,9 +12,11 @@ from fedfm.config.fm4fl import SyntheticConfig, TeacherConfig, WarmupConfig
 from fedfm.config.sections import (
     CodecConfig,
     DataConfig,
+    EvaluationConfig,
     FederationConfig,
     ModelConfig,
     PartitionConfig,
+    PluginsConfig,
     RuntimeConfig,
     ServerConfig,
     TaskConfig,
@@ -128,6 +130,8 @@ class ExperimentConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
 
     def __post_init__(self) -> None:
         check(
@@ -140,6 +144,13 @@ class ExperimentConfig:
         if self.task.type == "causal_lm":
             _check_causal_lm(self)
         _check_fm4fl(self)
+        if self.evaluation.on_clients:
+            check(
+                self.federation.mode == "federated",
+                "evaluation.where",
+                self.evaluation.where,
+                "'server' unless federation.mode = 'federated' (clients evaluate their own rows)",
+            )
         if self.federation.mode == "federated" and self.partition.clients:
             check(
                 self.federation.clients_per_round <= self.partition.clients,
@@ -168,6 +179,8 @@ SECTIONS: dict[str, type] = {
     "teacher": TeacherConfig,
     "warmup": WarmupConfig,
     "synthetic": SyntheticConfig,
+    "evaluation": EvaluationConfig,
+    "plugins": PluginsConfig,
 }
 """The sections whose schema is fixed, in file order; ``[method]`` and ``[strategy]`` are the
 spec of the plug-in they name."""

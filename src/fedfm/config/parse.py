@@ -17,7 +17,9 @@ from typing import Any
 
 from fedfm.config.checks import registry
 from fedfm.config.experiment import SECTIONS, ExperimentConfig
+from fedfm.config.sections import PluginsConfig
 from fedfm.errors import ConfigError
+from fedfm.plugins import load_entry_points, load_modules
 
 
 def _type_name(tp: Any) -> str:
@@ -89,8 +91,21 @@ def _plugin_spec(kind: str, key: str, default: str, data: Any, section: str) -> 
     return build_dataclass(plugin.Spec, data, section, skip=(key,))
 
 
-def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
-    """Build and validate an :class:`ExperimentConfig` from a parsed TOML document."""
+def config_from_dict(data: dict[str, Any], base: Path | None = None) -> ExperimentConfig:
+    """Build and validate an :class:`ExperimentConfig` from a parsed TOML document.
+
+    The user's plug-in modules (``[plugins] modules``, searched in ``base`` first: the config
+    file's folder) and the installed ``fedfm.plugins`` entry points are imported first, so
+    that ``[method]``, ``[strategy]`` and the rest may name the plug-ins they register.
+    """
+    load_entry_points()
+    plugins = None
+    if "plugins" in data:
+        plugins = build_dataclass(PluginsConfig, data["plugins"], "plugins")
+        if plugins.modules and base is not None:
+            paths = tuple(dict.fromkeys([*plugins.paths, str(base)]))
+            plugins = dataclasses.replace(plugins, paths=paths)
+        load_modules(plugins.modules, [Path(p) for p in plugins.paths])
     top_keys = {"name", "seed", *SECTIONS, "method", "strategy"}
     unknown = sorted(set(data) - top_keys)
     if unknown:
@@ -112,6 +127,8 @@ def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
         kwargs["strategy"] = _plugin_spec(
             "strategy", "name", "fedavg", data["strategy"], "strategy"
         )
+    if plugins is not None:
+        kwargs["plugins"] = plugins
     return ExperimentConfig(**kwargs)
 
 
@@ -169,4 +186,5 @@ def load_config(
             raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
         except UnicodeDecodeError:
             raise ConfigError(f"config file {str(p)!r} is not UTF-8 text") from None
-    return config_from_dict(apply_overrides(data, overrides))
+    base = None if path is None else Path(path).resolve().parent
+    return config_from_dict(apply_overrides(data, overrides), base)

@@ -26,7 +26,7 @@ class TaskConfig:
     max_new_tokens: int = 8  # causal_lm: greedy answer length for exact-match scoring
 
     def __post_init__(self) -> None:
-        check_choice("task.type", self.type, ["classification", "causal_lm"])
+        check_choice("task.type", self.type, registry("task").names())
         check(
             1 <= self.max_new_tokens <= 512, "task.max_new_tokens", self.max_new_tokens, "1 … 512"
         )
@@ -269,3 +269,47 @@ class ServerConfig:
             "> 0",
         )
         check(self.linger >= 0, "server.linger", self.linger, "≥ 0 seconds")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Where the global model is scored each round: on the server's test set (``server``), by
+    the round's clients on their own held-out rows (``clients``; a server without a test set),
+    or both. ``client_split`` is each client's held-out share of its rows (never trained on)."""
+
+    where: str = "server"
+    client_split: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_choice("evaluation.where", self.where, ["server", "clients", "both"])
+        check(
+            0 <= self.client_split < 1,
+            "evaluation.client_split",
+            self.client_split,
+            "0 ≤ share < 1",
+        )
+        check(
+            self.where == "server" or self.client_split > 0,
+            "evaluation.client_split",
+            self.client_split,
+            f"> 0 when evaluation.where = {self.where!r} (the clients' held-out share)",
+        )
+
+    @property
+    def on_server(self) -> bool:
+        return self.where in ("server", "both")
+
+    @property
+    def on_clients(self) -> bool:
+        return self.where in ("clients", "both")
+
+
+@dataclass(frozen=True)
+class PluginsConfig:
+    """Modules of the user's own plug-ins, imported before the rest of the config is read
+    (from the config file's folder, the current folder, or ``sys.path``)."""
+
+    modules: tuple[str, ...] = ()
+    # Folders searched first; the folder of the config file that named the modules is added,
+    # so that a resumed run finds them again.
+    paths: tuple[str, ...] = ()
