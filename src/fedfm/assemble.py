@@ -32,7 +32,7 @@ from fedfm.client.trainer import Trainer, derive_seed
 from fedfm.codecs import Pipeline
 from fedfm.compat import check_compatible
 from fedfm.config import ExperimentConfig
-from fedfm.data.partition import Partition, partition
+from fedfm.data.partition import Partition, held_out, partition
 from fedfm.data.tokens import tokenize
 from fedfm.errors import DataError
 from fedfm.fm4fl.ensemble import wrap as ensemble_distillation
@@ -110,10 +110,18 @@ def prepare_server(config: ExperimentConfig, client_ids: Sequence[str]) -> Prepa
     empty partition are read on the server)."""
     t0 = time.perf_counter()
     kind = TASKS.get(config.task.type)
-    test = kind.load_test(config)
+    if config.evaluation.on_server:
+        test = kind.load_test(config)
+    else:  # the clients evaluate: the server holds no data at all
+        if kind.shares_label_set and not config.data.labels:
+            raise DataError(
+                f"evaluation.where = {config.evaluation.where!r}: the server holds no data, so "
+                "data.labels must name the label set the clients share"
+            )
+        test = kind.empty_table(tuple(config.data.labels))
     task = build_task(config, test.label_names)
     loaded = time.time()
-    test_tokens = task.tokenize(test)
+    test_tokens = task.tokenize(test) if len(test) else None
     empty = [np.zeros(0, dtype=np.int64) for _ in client_ids]
     part = Partition(list(client_ids), empty, notes=["network: every client holds its own data"])
     return Prepared(
@@ -203,13 +211,15 @@ def client_app(p: Prepared, client_ids: Sequence[str], federation=None) -> tuple
         for cid in client_ids
     }
     data.update({cid: d for cid, d in p.poisoned.items() if cid in data})
+    positions = {cid: i for i, cid in enumerate(part.client_ids)}
+    data, held_out = _hold_out(c, data, positions)
     local_dp = None
     if c.privacy.dp == "local":
         from fedfm.privacy.local import LocalDP  # imports opacus: only dp = 'local' loads it
 
         local_dp = LocalDP.for_clients(c.privacy, federation or c.federation, data)
-    positions = {cid: i for i, cid in enumerate(part.client_ids)}
     app = _client_app(c, p.task, data, positions, len(client_ids), local_dp)
+    app.held_out = held_out
     app.index = {cid: i for i, cid in enumerate(client_ids)}  # seeds follow the app's clients
     if p.attack is not None and p.attack.level == "update" and p.malicious:
         app.transforms.append(_update_attack(p, list(client_ids)))
@@ -233,7 +243,9 @@ def node_app(
     task = build_task(config, tuple(config.data.labels) or table.label_names)
     rows = ClientData(task.tokenize(table), table.labels, np.arange(len(table)))
     positions = {client_id: client_index}  # the server's index: same seeds as in simulation
-    app = _client_app(config, task, {client_id: rows}, positions, 1)
+    data, held_out = _hold_out(config, {client_id: rows}, positions)
+    app = _client_app(config, task, data, positions, 1)
+    app.held_out = held_out
     if config.privacy.dp == "distributed":
         if config.privacy.noise_multiplier <= 0:
             raise DataError(
@@ -251,6 +263,22 @@ def node_app(
         config.model.name,
     )
     return app
+
+
+def _hold_out(
+    config: ExperimentConfig, data: dict[str, ClientData], positions: dict[str, int]
+) -> tuple[dict[str, ClientData], dict[str, ClientData]]:
+    """(training rows, held-out rows) per client: ``evaluation.client_split`` of each client's
+    rows, drawn with its position, are never trained on (federated evaluation scores them)."""
+    share = config.evaluation.client_split
+    if share <= 0:
+        return data, {}
+    train, held = {}, {}
+    for cid, d in data.items():
+        keep, out = held_out(len(d.rows), share, config.seed, positions.get(cid, 0))
+        train[cid] = ClientData(d.tokens, d.labels, d.rows[keep])
+        held[cid] = ClientData(d.tokens, d.labels, d.rows[out])
+    return train, held
 
 
 def _update_attack(p: Prepared, client_ids: list[str]):
@@ -335,8 +363,9 @@ def federation(
         client_ids=list(client_ids),
         clients_per_round=clients_per_round or c.federation.clients_per_round,
         rounds=c.federation.rounds,
-        evaluate=evaluator(p, p.eval_rows),
+        evaluate=evaluator(p, p.eval_rows) if c.evaluation.on_server else None,
         eval_every=c.federation.eval_every,
+        evaluate_on_clients=c.evaluation.on_clients,
         down=down,
         up=up,
         seed=c.seed,

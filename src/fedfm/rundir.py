@@ -146,6 +146,34 @@ def finish(
     return RunResult(run_dir, summary, rows)
 
 
+def _final_figures(p: Prepared, rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The final figures: the server's whole (``data.test_rows``) test set, or, when only the
+    clients evaluate, their last evaluation (every client's held-out rows)."""
+    if p.config.evaluation.on_server:
+        return p.task.evaluate(p.test_tokens, p.test.labels)
+    last = rows[-1] if rows else {}
+    figures = {k.removeprefix("client_"): v for k, v in last.items() if k.startswith("client_")}
+    return {
+        "accuracy": figures.get("accuracy"),
+        "loss": figures.get("loss"),
+        **({"perplexity": figures["perplexity"]} if "perplexity" in figures else {}),
+    }
+
+
+def _client_evaluation_summary(c: ExperimentConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Federated evaluation's figures for the summary (its bytes apart from training's)."""
+    if not c.evaluation.on_clients:
+        return {}
+    last = rows[-1] if rows else {}
+    return {
+        "final_client_accuracy": last.get("client_accuracy"),
+        "final_client_loss": last.get("client_loss"),
+        "final_client_eval": last.get("client_eval", {}),
+        "client_eval_bytes_up_total": sum(r.get("client_eval_bytes_up", 0) for r in rows),
+        "client_eval_bytes_down_total": sum(r.get("client_eval_bytes_down", 0) for r in rows),
+    }
+
+
 def drive(
     p: Prepared,
     fed: Federation,
@@ -177,7 +205,7 @@ def drive(
         fed.totals["bytes_up"] = fed.totals["bytes_down"] = 0
 
     p.task.set_state(state)
-    final = p.task.evaluate(p.test_tokens, p.test.labels)  # the whole (data.test_rows) test set
+    final = _final_figures(p, fed.rows)
     export_dir = run_dir / ("adapter" if p.task.method.is_peft else "model")
     p.task.export(export_dir, p.train.label_names)
     summary = {
@@ -190,7 +218,8 @@ def drive(
         "total_seconds": round(fed.totals["seconds"], 3),
         "bytes_up_total": fed.totals["bytes_up"],
         "bytes_down_total": fed.totals["bytes_down"],
-        "rejected_updates": len(fed.rejected),
+        "rejected_updates": sum("what" not in r for r in fed.rejected),
+        **_client_evaluation_summary(c, fed.rows),
         **fed.strategy.summary(),
         **({"mia_auc": membership_auc(p, c.privacy.audit_rows, c.seed)} if c.privacy.audit else {}),
         **({"attack": c.attack.type, "malicious_clients": p.malicious} if p.attack else {}),

@@ -52,6 +52,8 @@ class FitInstructions:
     batch_size: int
     local_epochs: float = 0.0  # > 0: train this many epochs over the client's rows instead
     proximal_mu: float = 0.0  # FedProx: weight of (mu/2)·||w − w_global||²
+    # Federated evaluation: score the received state on the client's held-out rows, no training.
+    evaluate: bool = False
 
 
 @dataclass

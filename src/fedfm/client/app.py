@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from fedfm.client.secure import secure_vector, secure_weight
-from fedfm.codecs import CodecContext, Pipeline, peer_seed
+from fedfm.codecs import CodecContext, Pipeline, evaluation, peer_seed
 from fedfm.data.tokens import TokenizedText
+from fedfm.errors import ProtocolError
 from fedfm.state import FitInstructions, State
 
 
@@ -112,6 +113,8 @@ class ClientApp:
         # received) -> state, where received is the global state as decoded (before prepare).
         # Attacks and client-side privacy plug in here.
         self.transforms: list = []
+        # Federated evaluation: each client's held-out rows (``evaluation.client_split``).
+        self.held_out: dict[str, ClientData] = {}
 
     def _receive(self, round: int, payload: bytes) -> State:
         # Equal bytes, not only the same object: Ray actors and network clients get copies, and
@@ -146,8 +149,24 @@ class ClientApp:
         return update, state, self.up.encode(update.state, ctx, header)
 
     def handle(self, task: ClientTask) -> bytes:
-        """The uplink payload of one fit task."""
+        """The uplink payload of one task: a trained update, or an evaluation result."""
+        if task.instructions.evaluate:
+            return self.evaluate(task)
         return self._train(task)[2]
+
+    def evaluate(self, task: ClientTask) -> bytes:
+        """Score the state the server sent on this client's held-out rows (no training)."""
+        rows = self.held_out.get(task.client_id)
+        if rows is None or len(rows) == 0:
+            raise ProtocolError(
+                f"client {task.client_id} holds no rows for evaluation "
+                "(evaluation.client_split is 0 here)"
+            )
+        rnd = task.instructions.round
+        model = self.trainer.task
+        model.set_state(evaluation.unpack_request(task.payload, self.template, rnd))
+        metrics = model.evaluate(rows.tokens, rows.labels, rows.rows)
+        return evaluation.pack_result(task.client_id, rnd, len(rows), metrics)
 
     def secure_input(self, task: ClientTask, uniform_weights: bool) -> np.ndarray:
         """What this client feeds into secure aggregation for one fit task (float64 (d + 2,)).

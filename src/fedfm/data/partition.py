@@ -173,3 +173,12 @@ def by_column(labels, columns, config, rng, notes):
             f"partition.min_size = {config.min_size}: no group of {config.column!r} is that large"
         )
     return [np.asarray(rows, dtype=np.int64) for _, rows in kept], [name for name, _ in kept]
+
+
+def held_out(n: int, share: float, seed: int, position: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) positions among a client's ``n`` rows: ``round(share·n)`` rows (at
+    least 1 when ``share > 0`` and ``n ≥ 2``) drawn with (run seed, client position), so that
+    a simulated client and the same client over the network hold out the same rows."""
+    k = min(max(int(round(share * n)), 1), n - 1) if share > 0 and n >= 2 else 0
+    order = np.random.default_rng([seed, 0xE7A1, position]).permutation(n)
+    return np.sort(order[k:]), np.sort(order[:k])

@@ -45,6 +45,11 @@ class Runtime:
     def dispatch(self, tasks: list[ClientTask]) -> Iterator[tuple[str, bytes | Exception]]:
         raise NotImplementedError
 
+    def evaluate(self, tasks: list[ClientTask]) -> Iterator[tuple[str, bytes | Exception]]:
+        """Federated-evaluation tasks (``instructions.evaluate``): like :meth:`dispatch`, but
+        they must leave the round's bookkeeping (who holds this round's downlink) as it is."""
+        return self.dispatch(tasks)
+
     # Secure aggregation. In-process runtimes leave it to the strategy, which runs the whole
     # protocol among simulated parties; a runtime whose clients are real parties carries the
     # protocol's messages instead (``secure_dispatch``, see the gRPC runtime).

@@ -134,16 +134,24 @@ class RayRuntime(Runtime):
         return n
 
     def dispatch(self, tasks):
+        return self._run(tasks, fit=True)
+
+    def evaluate(self, tasks):
+        return self._run(tasks, fit=False)  # no downlink decoded: no sync, no bookkeeping
+
+    def _run(self, tasks, fit: bool):
         ray = self._ray
         pending = {}
         blob = None
         for task in tasks:
             w = self.worker_of(task.client_id)
-            if self.sync is not None and self.last_round[w] != self.round - 1 and self.round > 1:
+            stale = self.last_round[w] != self.round - 1 and self.round > 1
+            if fit and self.sync is not None and stale:
                 blob = blob if blob is not None else self.sync()
                 self.workers[w].load_view.remote(blob)  # actor calls run in order
                 self.sync_bytes += len(blob)
-            self.last_round[w] = self.round
+            if fit:
+                self.last_round[w] = self.round
             ref = self.workers[w].handle.remote(
                 task.client_id, task.payload, self._asdict(task.instructions)
             )

@@ -17,13 +17,13 @@ import torch
 
 from fedfm.client.app import ClientTask
 from fedfm.client.secure import secure_round_metrics
-from fedfm.codecs import CodecContext, Pipeline, peer_seed
+from fedfm.codecs import CodecContext, Pipeline, evaluation, peer_seed
 from fedfm.codecs.wire import pack_groups
 from fedfm.errors import FedFMError, ProtocolError
 from fedfm.metrics.memory import peak_rss_mb
 from fedfm.metrics.sinks import Sink
 from fedfm.server.checkpoint import Checkpoint, save_checkpoint
-from fedfm.state import State, Update, clone_state
+from fedfm.state import FitInstructions, State, Update, clone_state
 from fedfm.strategies.base import Strategy
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,9 @@ class Federation:
         client_ids: Sequence[str],
         clients_per_round: int,
         rounds: int,
-        evaluate: Callable[[State], dict[str, float]],
+        evaluate: Callable[[State], dict[str, float]] | None,
         eval_every: int = 1,
+        evaluate_on_clients: bool = False,
         down: Pipeline | None = None,
         up: Pipeline | None = None,
         seed: int = 0,
@@ -55,8 +56,9 @@ class Federation:
         self.client_ids = list(client_ids)
         self.clients_per_round = clients_per_round
         self.rounds = rounds
-        self.evaluate = evaluate
+        self.evaluate = evaluate  # the server's own test set; None: it has none
         self.eval_every = eval_every
+        self.evaluate_on_clients = evaluate_on_clients
         self.down = down or Pipeline(())
         self.up = up or Pipeline(())
         self.seed = seed
@@ -205,8 +207,17 @@ class Federation:
         ``clients`` and ``loss`` default to the updates' ids and their weighted mean loss (a
         secure round has no updates, only the sum)."""
         metrics: dict[str, float] = {}
+        client_eval: dict[str, Any] = {}
         if rnd % self.eval_every == 0 or rnd == self.rounds:
-            metrics = self.evaluate(state)
+            if self.evaluate is not None:
+                metrics = self.evaluate(state)
+            if self.evaluate_on_clients:
+                client_eval = self.client_evaluation(rnd, state, everyone=rnd == self.rounds)
+                if self.evaluate is None:  # the clients' figures are the round's figures
+                    metrics = {
+                        "accuracy": client_eval["client_accuracy"],
+                        "loss": client_eval["client_loss"],
+                    }
         self.totals["bytes_up"] += bytes_up
         self.totals["bytes_down"] += bytes_down
         weights = [u.num_examples for u in updates]
@@ -224,8 +235,11 @@ class Federation:
             "bytes_up": bytes_up,
             "bytes_down": bytes_down,
             "clients": [u.client_id for u in updates] if clients is None else list(clients),
-            "rejected": [r["client"] for r in self.rejected if r["round"] == rnd],
+            "rejected": [
+                r["client"] for r in self.rejected if r["round"] == rnd and "what" not in r
+            ],
             **{k: v for k, v in metrics.items() if k not in ("accuracy", "loss")},
+            **client_eval,
             **extra,
         }
         row["round_seconds"] = time.perf_counter() - t0
@@ -239,6 +253,51 @@ class Federation:
             memory = {**self.memory_state(), **self.runtime.state_dict()}
             ckpt = Checkpoint(rnd, state, self.strategy.state_dict(), memory, dict(self.totals))
             save_checkpoint(self.run_dir, ckpt)
+
+    def client_evaluation(self, rnd: int, state: State, everyone: bool) -> dict[str, Any]:
+        """Federated evaluation: clients score ``state`` on their own held-out rows; the figures
+        are example-weighted means (``client_accuracy``, ``client_loss``, ...) and each client's
+        own (``client_eval``). ``clients_per_round`` clients drawn afresh, or every available
+        client (``everyone``, the last round). Bytes are counted apart from training's."""
+        candidates = self.runtime.available(self.client_ids)
+        if everyone:
+            chosen = list(candidates)
+        else:
+            rng = np.random.default_rng([self.seed, rnd, 0xE7A1])
+            k = min(self.clients_per_round, len(candidates))
+            chosen = [candidates[i] for i in sorted(rng.choice(len(candidates), k, replace=False))]
+        payload = evaluation.pack_request(state, rnd)
+        asked = FitInstructions(round=rnd, local_steps=0, lr=0.0, batch_size=1, evaluate=True)
+        results: dict[str, tuple[int, dict[str, float]]] = {}
+        bytes_up = 0
+        tasks = [ClientTask(cid, payload, asked) for cid in chosen]
+        for cid, reply in self.runtime.evaluate(tasks):
+            if isinstance(reply, Exception):
+                self._reject(rnd, cid, reply, "evaluation")
+                continue
+            bytes_up += len(reply)
+            try:
+                results[cid] = evaluation.unpack_result(reply, cid, rnd)
+            except ProtocolError as e:
+                self._reject(rnd, cid, e, "evaluation")
+        out: dict[str, Any] = {
+            "client_eval_bytes_down": len(payload) * len(tasks),
+            "client_eval_bytes_up": bytes_up,
+        }
+        if not results:
+            log.warning("round %d: no client returned an evaluation", rnd)
+            return {**out, "client_accuracy": None, "client_loss": None, "client_eval": {}}
+        ordered = [results[c] for c in chosen if c in results]
+        weights = np.array([n for n, _ in ordered], dtype=np.float64)
+        shared = set.intersection(*(set(m) for _, m in ordered))
+        for key in sorted(shared):
+            mean = float(np.average([m[key] for _, m in ordered], weights=weights))
+            out[f"client_{key}"] = mean
+        out["client_eval_examples"] = int(weights.sum())
+        out["client_eval"] = {
+            c: {**results[c][1], "examples": results[c][0]} for c in chosen if c in results
+        }
+        return out
 
     def _sync_source(self):
         """What a client that missed rounds needs before this round's downlink: the view and
@@ -301,7 +360,10 @@ class Federation:
         }
         self.runtime.load_state_dict({k: v for k, v in groups.items() if k.startswith("client.")})
 
-    def _reject(self, rnd: int, cid: str, error: Exception) -> None:
+    def _reject(self, rnd: int, cid: str, error: Exception, what: str = "update") -> None:
         reason = str(error) if isinstance(error, FedFMError) else f"{type(error).__name__}: {error}"
-        log.warning("round %d: rejected client %s: %s", rnd, cid, reason)
-        self.rejected.append({"round": rnd, "client": cid, "reason": reason})
+        log.warning("round %d: rejected client %s (%s): %s", rnd, cid, what, reason)
+        entry = {"round": rnd, "client": cid, "reason": reason}
+        if what != "update":
+            entry["what"] = what
+        self.rejected.append(entry)

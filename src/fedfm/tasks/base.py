@@ -74,6 +74,11 @@ class Task(SharedStateTask):
         raise NotImplementedError
 
     @classmethod
+    def empty_table(cls, label_names: tuple[str, ...]) -> Any:
+        """A table with no rows (a server that holds no data: the clients evaluate)."""
+        raise NotImplementedError
+
+    @classmethod
     def load_client_rows(cls, config, path: Path, field: str) -> Any:
         """One network client's own table, read with the experiment's columns and label set."""
         raise NotImplementedError

@@ -137,6 +137,10 @@ class CausalLMTask(Task):
         )
 
     @classmethod
+    def empty_table(cls, label_names: tuple[str, ...]) -> Instructions:
+        return Instructions([], [], np.zeros(0, dtype=np.int64), label_names or ("all",), {})
+
+    @classmethod
     def load_client_rows(cls, config, path: Path, field: str) -> Instructions:
         return cls._load_one(config, path, 0, field)
 

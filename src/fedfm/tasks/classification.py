@@ -98,6 +98,10 @@ class ClassificationTask(Task):
         )
 
     @classmethod
+    def empty_table(cls, label_names: tuple[str, ...]) -> LabelledText:
+        return LabelledText([], np.zeros(0, dtype=np.int64), label_names, {})
+
+    @classmethod
     def load_client_rows(cls, config, path: Path, field: str) -> LabelledText:
         d = config.data
         if not d.labels:
