@@ -7,6 +7,7 @@
     ├── DataError              a data file, column, label or split cannot be used
     ├── ModelError             a model cannot be found or loaded
     ├── ProtocolError          a payload or message is malformed, tampered or out of place
+    │   └── StaleReference     a payload is coded against state this receiver does not hold
     ├── TrainingError          training diverged (NaN/inf loss) or cannot go on
     ├── ResumeError            a run directory cannot be resumed
     └── NetworkError           a peer cannot be reached, refuses us, or misses a deadline
@@ -36,6 +37,11 @@ class ModelError(FedFMError):
 
 class ProtocolError(FedFMError):
     """A payload or message is malformed, tampered with, or out of place."""
+
+
+class StaleReference(ProtocolError):
+    """A payload is coded against a round's state (delta, decoder memory) that this receiver does
+    not hold, e.g. a client that missed rounds: it needs the full state (the sync blob) first."""
 
 
 class TrainingError(FedFMError):

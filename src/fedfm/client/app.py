@@ -70,6 +70,29 @@ class ClientData:
         return max(1, math.ceil(epochs * len(self.rows) / min(batch_size, len(self.rows))))
 
 
+def view_meta(view_round: int | None) -> dict[str, dict[str, torch.Tensor]]:
+    """The round of a downlink view, as a group of a sync blob or checkpoint."""
+    if view_round is None:
+        return {}
+    return {"client.meta": {"view_round": torch.tensor([view_round], dtype=torch.int64)}}
+
+
+def read_view_round(groups: dict[str, dict[str, torch.Tensor]], key: str) -> int | None:
+    """The view round of :func:`view_meta` (received bytes: checked); None when absent."""
+    meta = groups.get(key)
+    if meta is None:
+        return None
+    value = meta.get("view_round") if isinstance(meta, dict) else None
+    if (
+        not isinstance(value, torch.Tensor)
+        or value.dtype != torch.int64
+        or value.shape != (1,)
+        or not 0 <= int(value[0]) < 2**31
+    ):
+        raise ProtocolError(f"{key} holds no valid view_round")
+    return int(value[0])
+
+
 @dataclass(frozen=True)
 class ClientTask:
     """One client's work in one round: the downlink payload and the server's instructions."""
@@ -98,6 +121,7 @@ class ClientApp:
         self.up = up
         self.template = template  # names, shapes and dtypes of the shared state
         self.view: State | None = None  # the global state as decoded last time
+        self.view_round: int | None = 0  # the round of ``view`` (None: unknown, not checked)
         self.view_memory: dict[str, torch.Tensor] = {}
         self.memory: dict[str, dict[str, torch.Tensor]] = {}  # per-client uplink codec memory
         # Under secure aggregation over the network, the server never decodes an update: each
@@ -122,9 +146,11 @@ class ClientApp:
         if self._decoded is not None and self._decoded[0] == round and self._decoded[1] == payload:
             return self._decoded[2]
         seed = peer_seed(self.trainer.seed, "server")
-        ctx = CodecContext(round, self.view, self.view_memory, seed)
+        ctx = CodecContext(
+            round, self.view, self.view_memory, seed, reference_round=self.view_round
+        )
         state, _header = self.down.decode(payload, ctx, self.template)
-        self.view = state
+        self.view, self.view_round = state, round
         self._decoded = (round, payload, state)
         return state
 
@@ -191,10 +217,14 @@ class ClientApp:
         view = groups.get("client.view")
         self.view = None if view is None else OrderedDict((n, view[n]) for n in self.template)
         self.view_memory = dict(groups.get("client.view_memory", {}))
+        self.view_round = read_view_round(groups, "client.meta")
         self._decoded = None
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
-        groups: dict[str, dict[str, torch.Tensor]] = {"client.view_memory": self.view_memory}
+        groups: dict[str, dict[str, torch.Tensor]] = {
+            "client.view_memory": self.view_memory,
+            **view_meta(self.view_round),
+        }
         if self.view is not None:
             groups["client.view"] = dict(self.view)
         groups.update({f"client.up.{cid}": mem for cid, mem in self.memory.items()})
@@ -204,6 +234,7 @@ class ClientApp:
         self.view_memory = dict(groups.get("client.view_memory", {}))
         view = groups.get("client.view")
         self.view = None if view is None else OrderedDict((n, view[n]) for n in self.template)
+        self.view_round = read_view_round(groups, "client.meta")
         prefix = "client.up."
         self.memory = {k[len(prefix) :]: dict(v) for k, v in groups.items() if k.startswith(prefix)}
         self._decoded = None

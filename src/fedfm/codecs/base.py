@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 
 from fedfm.codecs.wire import check_layout, pack, unpack, validate_state
-from fedfm.errors import ConfigError, ProtocolError
+from fedfm.errors import ConfigError, ProtocolError, StaleReference
 from fedfm.registry import Registry
 from fedfm.state import State
 
@@ -70,6 +70,10 @@ class CodecContext:
     # This codec's entry of the payload header (JSON values): encode may record in it what the
     # receiver needs to derive the layout (e.g. a kept rank per tensor); decode reads it back.
     header: dict[str, Any] = field(default_factory=dict)
+    # The round whose state ``reference`` and ``memory`` hold (0: none yet); None: not tracked.
+    # A stateful pipeline writes the sender's in the header; a receiver that holds another
+    # round's state refuses the payload (StaleReference) instead of decoding garbage.
+    reference_round: int | None = None
 
 
 class Codec:
@@ -230,6 +234,8 @@ class Pipeline:
             tensors = codec.encode(tensors, replace(ctx, template=layouts[-1], header=entry))
             layouts.append(codec.recorded_layout(layouts[-1], entry))
         recorded = {"codec_headers": headers} if any(headers) else {}
+        if self.stateful and ctx.reference_round is not None:
+            recorded["reference_round"] = ctx.reference_round
         payload = pack(tensors, {**header, "codecs": self.specs, "round": ctx.round, **recorded})
         self._commit(tensors, inputs, layouts, headers, ctx)
         return payload
@@ -270,6 +276,14 @@ class Pipeline:
         if header.get("round") != ctx.round:
             raise ProtocolError(
                 f"payload is for round {header.get('round')!r}, expected round {ctx.round}"
+            )
+        coded = header.get("reference_round")
+        tracked = self.stateful and None not in (coded, ctx.reference_round)
+        if tracked and coded != ctx.reference_round:
+            raise StaleReference(
+                f"payload of round {ctx.round} is coded against round {coded!r}'s state; "
+                f"this receiver holds round {ctx.reference_round}'s: it needs the full "
+                "state (sync) first"
             )
         headers = header.get("codec_headers", [{} for _ in self.codecs])
         if (

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fedfm.errors import FedFMError, TrainingError
+from fedfm.codecs.wire import unpack_groups
+from fedfm.errors import FedFMError, StaleReference, TrainingError
 from fedfm.runtimes.base import RUNTIMES, Runtime
 
 
@@ -16,11 +17,33 @@ class SimRuntime(Runtime):
 
     def __init__(self, app, config=None) -> None:
         self.app = app
+        self.sync = None
+        self.sync_bytes = 0
+
+    def prepare_round(self, rnd, sync):
+        self.sync = sync
+
+    def take_extra_bytes(self) -> int:
+        n, self.sync_bytes = self.sync_bytes, 0
+        return n
+
+    def _handle(self, task):
+        try:
+            return self.app.handle(task)
+        except StaleReference:
+            # The process decoded no downlink in a round (every selected client dropped out):
+            # like a network client that missed rounds, it loads the sync state first.
+            if self.sync is None:
+                raise
+            blob = self.sync()
+            self.sync_bytes += len(blob)
+            self.app.load_view(unpack_groups(blob))
+            return self.app.handle(task)
 
     def dispatch(self, tasks):
         for task in tasks:
             try:
-                yield task.client_id, self.app.handle(task)
+                yield task.client_id, self._handle(task)
             except TrainingError:
                 raise  # divergence stops the run; the last good checkpoint stays
             except FedFMError as e:  # a refused message is logged and skipped, the round goes on

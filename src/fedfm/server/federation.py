@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedfm.client.app import ClientTask
+from fedfm.client.app import ClientTask, read_view_round, view_meta
 from fedfm.client.secure import secure_round_metrics
 from fedfm.codecs import CodecContext, Pipeline, evaluation, peer_seed
 from fedfm.codecs.wire import pack_groups
@@ -72,6 +72,7 @@ class Federation:
         self.rejected: list[dict[str, Any]] = []
         # Codec state that must survive across rounds (and resumes):
         self.client_view: State | None = None  # the global state as clients decoded it last round
+        self.view_round: int | None = 0  # the round of client_view (None: an old checkpoint's)
         self.down_memory: dict[str, torch.Tensor] = {}  # downlink encoder
         self.view_memory: dict[str, torch.Tensor] = {}  # our copy of the clients' downlink decoder
         self.up_memory: dict[str, dict[str, torch.Tensor]] = {}  # uplink decoder, per client
@@ -100,11 +101,17 @@ class Federation:
         selected = self.strategy.select(rnd, candidates, k, rng)
         seed = peer_seed(self.seed, "server")
         self.runtime.prepare_round(rnd, self._sync_source() if self.down.stateful else None)
-        down_ctx = CodecContext(rnd, self.client_view, self.down_memory, seed)
+        reference = self.view_round
+        down_ctx = CodecContext(
+            rnd, self.client_view, self.down_memory, seed, reference_round=reference
+        )
         down_payload = self.down.encode(state, down_ctx, {"kind": "global"})
         # What every client holds after decoding: the reference for uplink deltas and next round.
-        view_ctx = CodecContext(rnd, self.client_view, self.view_memory, seed)
+        view_ctx = CodecContext(
+            rnd, self.client_view, self.view_memory, seed, reference_round=reference
+        )
         self.client_view, _ = self.down.decode(down_payload, view_ctx, template)
+        self.view_round = rnd
         # Simulated faults: a share of the selected clients drop out and never answer.
         dropped = []
         if self.dropout > 0:
@@ -304,10 +311,10 @@ class Federation:
         decoder memory every up-to-date client holds (packed lazily, only if asked)."""
         view = None if self.client_view is None else dict(self.client_view)
         memory = dict(self.view_memory)  # codecs replace memory tensors, never write into them
+        meta = view_meta(self.view_round)
 
         def pack() -> bytes:
-
-            groups = {"client.view_memory": memory}
+            groups = {"client.view_memory": memory, **meta}
             if view is not None:
                 groups["client.view"] = view
             return pack_groups(groups)
@@ -339,6 +346,8 @@ class Federation:
     def memory_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """The server's codec state, by group, for checkpoints."""
         groups = {"server.down": self.down_memory, "server.view_memory": self.view_memory}
+        if self.view_round is not None:
+            groups["server.meta"] = view_meta(self.view_round)["client.meta"]
         if self.client_view is not None:
             groups["server.view"] = dict(self.client_view)
         groups.update({f"server.up.{cid}": mem for cid, mem in self.up_memory.items()})
@@ -354,6 +363,7 @@ class Federation:
         self.view_memory = dict(groups.get("server.view_memory", {}))
         view = groups.get("server.view")
         self.client_view = None if view is None else OrderedDict((n, view[n]) for n in template)
+        self.view_round = read_view_round(groups, "server.meta")
         prefix = "server.up."
         self.up_memory = {
             k[len(prefix) :]: dict(v) for k, v in groups.items() if k.startswith(prefix)

@@ -23,7 +23,7 @@ from fedfm.assemble import node_app
 from fedfm.client.app import ClientTask
 from fedfm.codecs.wire import unpack_groups
 from fedfm.config import parse_config_text
-from fedfm.errors import NetworkError, ProtocolError
+from fedfm.errors import NetworkError, ProtocolError, StaleReference
 from fedfm.privacy.secagg import ABORT, SecAggClient, decode_message, encode_message
 from fedfm.runtimes.grpc import fedfm_pb2 as pb
 from fedfm.runtimes.grpc import fedfm_pb2_grpc as pb_grpc
@@ -271,13 +271,17 @@ class NetworkClient:
         if protocol is not None:
             try:
                 forwarded = self._secagg_message(reply)
-                vector = app.secure_input(task, self.config.privacy.dp == "distributed")
+                vector = self._resynced(app, rnd, lambda: app.secure_input(task, self._uniform()))
                 update = encode_message(protocol.masked_input(forwarded, vector))
             except (NetworkError, ProtocolError) as e:
                 self._abandon(reply, e)
                 return last_round
         else:
-            update = app.handle(task)
+            try:
+                update = self._resynced(app, rnd, lambda: app.handle(task))
+            except NetworkError as e:
+                log.warning("round %d: %s", rnd, e)
+                return last_round
         chunk_size = reply.chunk_size or (1 << 20)
         accepted, reason = self.upload(rnd, update, chunk_size, stage=reply.stage)
         if accepted:
@@ -286,8 +290,29 @@ class NetworkClient:
         else:
             result.uploads_refused += 1
             log.warning("round %d: the server refused our update: %s", rnd, reason)
+        if instructions.evaluate:  # an evaluation decodes no downlink: our view is as it was
+            return last_round
         result.rounds.append(rnd)
         return rnd
+
+    def _uniform(self) -> bool:
+        return self.config.privacy.dp == "distributed"
+
+    def _resynced(self, app, rnd: int, work):
+        """``work()``; when the downlink is coded against a state we do not hold (we missed
+        rounds the server did not notice), fetch the full state (sync) and do it again."""
+        try:
+            return work()
+        except StaleReference as e:
+            log.info("round %d: %s; fetching the sync state", rnd, e)
+            fresh = self._call(
+                self.stub.Poll, pb.PollRequest(version=VERSION, session=self.session, last_round=0)
+            )
+            if fresh.round != rnd or not fresh.sync_size:
+                raise NetworkError(f"round {rnd}: the server offers no sync state") from None
+            blob = self.download(rnd, "sync", fresh.sync_size, fresh.sync_sha256)
+            app.load_view(unpack_groups(blob))
+            return work()
 
     # secure aggregation ----------------------------------------------------------------------
     def _protocol(self, reply) -> SecAggClient | None:
