@@ -9,11 +9,14 @@ import pytest
 import torch
 
 import fedfm
+from fedfm.client.app import ClientTask
+from fedfm.client.secure import secure_round_metrics, secure_vector, secure_weight
 from fedfm.config import FederationConfig, load_config
 from fedfm.errors import ConfigError, ProtocolError
 from fedfm.privacy.accounting import epsilon_for
 from fedfm.privacy.federated import ProtectedAggregation
-from fedfm.state import Update
+from fedfm.runtimes.secure import in_process_secure_round
+from fedfm.state import FitInstructions, Update
 from fedfm.strategies.fedavg import FedAvg, FedAvgSpec
 
 
@@ -32,13 +35,32 @@ def _updates(n=4, d=50, seed=0):
     return glob, ups
 
 
+def _secure_round(protected, glob, ups, sharers, rnd=1):
+    """One secure round through the in-process driver every runtime uses: the clients' vectors
+    are masked by in-process parties; the strategy gets only the sum."""
+    vectors = {
+        u.client_id: secure_vector(u.state, glob, secure_weight(False, u.num_examples), 0.0)
+        for u in ups
+    }
+    dimension = len(next(iter(vectors.values())))
+    protocol = protected.secagg_server(rnd, len(sharers), dimension, "0" * 16)
+    asked = FitInstructions(round=rnd, local_steps=1, lr=0.1, batch_size=4)
+    tasks = [ClientTask(u.client_id, b"", asked) for u in ups]
+    outcome = in_process_secure_round(
+        rnd, tasks, sharers, protocol, lambda t: (vectors[t.client_id], None)
+    )
+    metrics = secure_round_metrics(outcome.bytes_up, outcome.bytes_down, outcome.seconds)
+    metrics["secagg_survivors"] = float(len(outcome.survivors))
+    return protected.aggregate_secure(rnd, glob, glob, outcome.sum, metrics)
+
+
 def test_secure_aggregation_equals_the_plain_weighted_mean():
     glob, ups = _updates()
     config = load_config(
         None, ["secagg.enabled=true", "federation.clients_per_round=4", "partition.clients=4"]
     )
     protected = ProtectedAggregation(FedAvg(FedAvgSpec(), FederationConfig()), config, 4)
-    secure = protected.aggregate(1, glob, ups)
+    secure = _secure_round(protected, glob, ups, [u.client_id for u in ups])
     plain = FedAvg(FedAvgSpec(), FederationConfig()).aggregate(1, glob, ups)
     for k in glob:
         assert torch.allclose(secure[k], plain[k], atol=4 * 2**-16)
@@ -60,13 +82,23 @@ def test_secure_aggregation_with_dropouts_below_and_above_the_threshold():
         ],
     )
     protected = ProtectedAggregation(FedAvg(FedAvgSpec(), FederationConfig()), config, 5)
-    protected.dropped(1, ["c3", "c4"])
-    out = protected.aggregate(1, glob, ups[:3])
+    everyone = [u.client_id for u in ups]
+    out = _secure_round(protected, glob, ups[:3], everyone)  # c3, c4 vanish after sharing
     plain = FedAvg(FedAvgSpec(), FederationConfig()).aggregate(1, glob, ups[:3])
     assert all(torch.allclose(out[k], plain[k], atol=1e-3) for k in glob)
-    protected.dropped(2, ["c2", "c3", "c4"])
     with pytest.raises(ProtocolError, match="threshold is 3"):
-        protected.aggregate(2, glob, ups[:2])
+        _secure_round(protected, glob, ups[:2], everyone, rnd=2)
+
+
+def test_the_strategy_never_sums_plain_updates_under_secure_aggregation():
+    glob, ups = _updates()
+    config = load_config(
+        None, ["secagg.enabled=true", "federation.clients_per_round=4", "partition.clients=4"]
+    )
+    protected = ProtectedAggregation(FedAvg(FedAvgSpec(), FederationConfig()), config, 4)
+    assert protected.masks_updates
+    with pytest.raises(ProtocolError, match="never sees individual updates"):
+        protected.aggregate(1, glob, ups)
 
 
 def test_central_dp_run_reports_the_accountants_epsilon(tiny_config, tmp_path):

@@ -237,3 +237,24 @@ def test_secure_aggregation_composes_with_local_dp(tiny_config):
     check_compatible(
         tiny_config("privacy.dp=local", "privacy.noise_multiplier=1", "secagg.enabled=true")
     )
+
+
+def test_local_dp_under_secure_aggregation_accounts_from_the_clients_public_reports(
+    tiny_config, tmp_path
+):
+    """The server sees only the masked sum; each summed client's rows and steps (its public
+    report) still reach the example-level accountant."""
+    config = tiny_config(
+        "privacy.dp=local",
+        "privacy.noise_multiplier=1",
+        "secagg.enabled=true",
+        "federation.rounds=1",
+        "runtime.threads=1",
+    )
+    result = fedfm.run(config, out=tmp_path)
+    row = result.metrics[0]
+    assert row["secagg_survivors"] == 2 and row["bytes_up"] == row["secagg_bytes_up"]
+    per_client = result.summary["epsilon_per_client"]
+    assert sorted(per_client) == sorted(row["clients"])
+    assert all(e > 0 for e in per_client.values())
+    assert result.summary["epsilon"] == max(per_client.values())

@@ -17,7 +17,7 @@ from fedfm.client.secure import secure_vector, secure_weight
 from fedfm.codecs import CodecContext, Pipeline, evaluation, peer_seed
 from fedfm.data.tokens import TokenizedText
 from fedfm.errors import ProtocolError
-from fedfm.state import FitInstructions, State
+from fedfm.state import FitInstructions, State, Update
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,7 @@ class ClientApp:
         # Under secure aggregation over the network, the server never decodes an update: each
         # client mirrors the server's uplink decoder memory itself (see secure_input).
         self.secure_memory: dict[str, dict[str, torch.Tensor]] = {}
+        self.reports: dict[str, Update] = {}  # the last secure round's public reports
         self._decoded: tuple[int, bytes, State] | None = None
         # Applied in order to the received global state before training: (client_id,
         # client_index, round, state) -> the state this client starts from (e.g. the global
@@ -209,6 +210,15 @@ class ClientApp:
             payload, CodecContext(task.instructions.round, state, memory, seed), self.template
         )
         weight = secure_weight(uniform_weights, update.num_examples)
+        # What the client may state in public beside the masked input (local DP accounting
+        # needs its rows and steps): an update without state; an in-process driver reads it.
+        self.reports[task.client_id] = Update(
+            task.client_id,
+            task.instructions.round,
+            OrderedDict(),
+            update.num_examples,
+            {k: v for k, v in update.metrics.items() if k == "steps"},
+        )
         return secure_vector(decoded, state, weight, float(update.metrics.get("loss", 0.0)))
 
     def load_view(self, groups: dict[str, dict[str, torch.Tensor]]) -> None:
@@ -228,6 +238,7 @@ class ClientApp:
         if self.view is not None:
             groups["client.view"] = dict(self.view)
         groups.update({f"client.up.{cid}": mem for cid, mem in self.memory.items()})
+        groups.update({f"client.secure.{cid}": m for cid, m in self.secure_memory.items()})
         return groups
 
     def load_state_dict(self, groups: dict[str, dict[str, torch.Tensor]]) -> None:
@@ -235,6 +246,9 @@ class ClientApp:
         view = groups.get("client.view")
         self.view = None if view is None else OrderedDict((n, view[n]) for n in self.template)
         self.view_round = read_view_round(groups, "client.meta")
-        prefix = "client.up."
+        prefix, mirror = "client.up.", "client.secure."
         self.memory = {k[len(prefix) :]: dict(v) for k, v in groups.items() if k.startswith(prefix)}
+        self.secure_memory = {
+            k[len(mirror) :]: dict(v) for k, v in groups.items() if k.startswith(mirror)
+        }
         self._decoded = None

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from fedfm.client.secure import secure_round_metrics, secure_vector, secure_weight, unflatten
+from fedfm.client.secure import secure_weight, unflatten
 from fedfm.client.trainer import derive_seed
 from fedfm.errors import ConfigError, ProtocolError
 from fedfm.privacy.accounting import PrivacyAccountant, client_sample_rate, resolve_noise_multiplier
@@ -101,10 +101,6 @@ class ProtectedAggregation(WrappedStrategy):
                         "privacy.clip = 'adaptive' needs privacy.dp = 'central' (the server sees the norms)"
                     )
                 self.clipper = AdaptiveClipper.from_config(self.privacy)
-        self._dropped: list[str] = []
-
-    def dropped(self, round: int, client_ids: list[str]) -> None:
-        self._dropped = list(client_ids)
 
     @property
     def clip_norm(self) -> float:
@@ -122,8 +118,10 @@ class ProtectedAggregation(WrappedStrategy):
     def aggregate(self, round: int, global_state: State, updates: list[Update]) -> State:
         metrics: dict[str, float] = {}
         if self.secagg.enabled:
-            total = self._secure_sum(round, global_state, updates, metrics)
-            return self.aggregate_secure(round, global_state, global_state, total, metrics, updates)
+            raise ProtocolError(
+                "secure aggregation never sees individual updates: the round loop asks the "
+                "runtime for a secure round (Federation._secure_round → aggregate_secure)"
+            )
         deltas = [
             OrderedDict((n, u.state[n].float() - global_state[n].float()) for n in global_state)
             for u in updates
@@ -161,8 +159,8 @@ class ProtectedAggregation(WrappedStrategy):
         of the deltas against ``reference``, the state the clients trained from.
 
         ``metrics`` carries the protocol's figures (``secagg_survivors`` is the number of
-        clients in the sum). ``updates`` are the clients' plain updates when the simulation has
-        them (local DP accounting reads their step counts); a network run has none.
+        clients in the sum). ``updates`` are the summed clients' public reports (updates without
+        state: rows and steps, which local DP accounting needs); a network run has none.
         """
         weight = float(total[-1])
         if not weight > 0:
@@ -218,40 +216,6 @@ class ProtectedAggregation(WrappedStrategy):
             modulus_bits=self.secagg.modulus_bits,
             session=self.session(rnd, nonce),
         )
-
-    def _secure_sum(self, rnd, global_state, updates, metrics) -> np.ndarray:
-        """The simulation: each client's :func:`secure_vector` through the whole protocol
-        among in-process parties; the server learns ``[Σ wΔ, Σ w·loss, Σ w]`` only."""
-        from fedfm.privacy.secagg import secure_sum
-
-        vectors = {
-            u.client_id: secure_vector(
-                u.state,
-                global_state,
-                secure_weight(self.uniform_weights, u.num_examples),
-                u.metrics.get("loss", 0.0),
-            )
-            for u in updates
-        }
-        # Dropped clients took part in key sharing, then vanished: they get a zero vector
-        # that never reaches the sum.
-        dimension = len(next(iter(vectors.values())))
-        for cid in self._dropped:
-            vectors.setdefault(cid, np.zeros(dimension, dtype=np.float32))
-        seed = derive_seed(self.seed, rnd, 0x5EC)
-        result = secure_sum(
-            vectors,
-            self.secagg.threshold,
-            self.secagg.fraction_bits,
-            self.secagg.modulus_bits,
-            drop_after_sharing=frozenset(self._dropped),
-            seed=seed,
-            session=self.session(rnd, f"{seed % (1 << 64):016x}"),
-        )
-        metrics.update(secure_round_metrics(result.bytes_up, result.bytes_down, result.seconds))
-        metrics["secagg_survivors"] = float(len(result.survivors))
-        self.secure_bytes = (result.bytes_up, result.bytes_down)
-        return result.sum
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         out = {f"inner/{k}": v for k, v in self.inner.state_dict().items()}

@@ -23,6 +23,9 @@ class SecureRound:
     bytes_down: int = 0  # every protocol message, server → client (not the global payload)
     seconds: float = 0.0
     failures: list[tuple[str, Exception]] = field(default_factory=list)  # who dropped, and why
+    # What the summed clients state in public beside their masked inputs (local DP accounting:
+    # rows and steps), as updates without state; in-process runtimes only.
+    reports: list = field(default_factory=list)
 
 
 class Runtime:
@@ -50,10 +53,13 @@ class Runtime:
         they must leave the round's bookkeeping (who holds this round's downlink) as it is."""
         return self.dispatch(tasks)
 
-    # Secure aggregation. In-process runtimes leave it to the strategy, which runs the whole
-    # protocol among simulated parties; a runtime whose clients are real parties carries the
-    # protocol's messages instead (``secure_dispatch``, see the gRPC runtime).
+    # Secure aggregation: a runtime that carries it runs one round of the protocol with its
+    # clients as the parties (``secure_dispatch``): in-process (sim, ray) or over the network.
     carries_secure_aggregation = False
+
+    def secure_dispatch(self, rnd: int, tasks, sharers: list[str], protocol, progress=None):
+        """One secure round: a :class:`SecureRound` with the sum over the survivors."""
+        raise NotImplementedError(f"{type(self).__name__} does not carry secure aggregation")
 
     # Asynchronous rounds (FedBuff). In-process runtimes simulate time: a submitted client
     # finishes ``eta`` simulated seconds after it starts, and its work runs when it finishes.

@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
+
+import numpy as np
+import torch
 
 from fedfm import assemble
 from fedfm.client.app import ClientTask
-from fedfm.codecs.wire import pack_groups, unpack_groups
+from fedfm.codecs.wire import pack, pack_groups, unpack, unpack_groups
 from fedfm.config import config_to_toml, parse_config_text
-from fedfm.errors import ConfigError, FedFMError, TrainingError
+from fedfm.errors import ConfigError, FedFMError, ProtocolError, TrainingError
 from fedfm.runtimes.base import RUNTIMES, Runtime
-from fedfm.state import FitInstructions
+from fedfm.runtimes.secure import in_process_secure_round
+from fedfm.state import FitInstructions, Update
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +34,6 @@ class _Worker:
     """One Ray actor: the experiment's data, one frozen base, a ClientApp for its clients."""
 
     def __init__(self, config_toml: str, client_ids: list[str], threads: int) -> None:
-        import torch
-
         torch.set_num_threads(max(1, threads))
         config = parse_config_text(config_toml, "the experiment sent to a Ray worker")
         self.prepared = assemble.prepare(config)
@@ -45,20 +48,41 @@ class _Worker:
         except FedFMError as e:
             return ("refused", str(e))
 
+    def secure_input(
+        self, client_id: str, payload: bytes, instructions: dict, uniform: bool
+    ) -> bytes | tuple[str, str]:
+        """The client's secure-aggregation input and public report, as safetensors bytes."""
+        task = ClientTask(client_id, payload, FitInstructions(**instructions))
+        try:
+            vector = self.app.secure_input(task, uniform)
+        except TrainingError as e:
+            return ("training", str(e))
+        except FedFMError as e:
+            return ("refused", str(e))
+        report = self.app.reports[client_id]
+        header = {"rows": report.num_examples, "metrics": report.metrics}
+        return pack({"vector": torch.from_numpy(vector)}, header)
+
     def load_view(self, blob: bytes) -> None:
 
         self.app.load_view(unpack_groups(blob))
 
     def client_memory(self) -> bytes:
 
-        groups = {k: v for k, v in self.app.state_dict().items() if k.startswith("client.up.")}
+        kept = ("client.up.", "client.secure.")
+        groups = {k: v for k, v in self.app.state_dict().items() if k.startswith(kept)}
         return pack_groups(groups)
 
     def load_client_memory(self, blob: bytes) -> None:
 
         groups = unpack_groups(blob)
-        prefix = "client.up."
-        self.app.memory = {k[len(prefix) :]: dict(v) for k, v in groups.items()}
+        prefix, mirror = "client.up.", "client.secure."
+        self.app.memory = {
+            k[len(prefix) :]: dict(v) for k, v in groups.items() if k.startswith(prefix)
+        }
+        self.app.secure_memory = {
+            k[len(mirror) :]: dict(v) for k, v in groups.items() if k.startswith(mirror)
+        }
 
     def pid(self) -> int:
         return os.getpid()
@@ -108,6 +132,7 @@ class RayRuntime(Runtime):
                     ) from None
             self._started = True
         self.client_ids = list(app.data)
+        self.uniform = config.privacy.dp == "distributed"
         toml = config_to_toml(config)
         actor = ray.remote(num_cpus=r.cpus_per_worker)(_Worker)
         threads = max(1, int(r.cpus_per_worker))
@@ -133,13 +158,30 @@ class RayRuntime(Runtime):
         n, self.sync_bytes = self.sync_bytes, 0
         return n
 
+    carries_secure_aggregation = True
+
     def dispatch(self, tasks):
         return self._run(tasks, fit=True)
+
+    def secure_dispatch(self, rnd, tasks, sharers, protocol, progress=None):
+        """The clients compute their inputs on their actors (in parallel); the protocol's
+        parties then run here, the server side seeing only messages."""
+        inputs: dict[str, tuple[np.ndarray, Update] | Exception] = {}
+        for cid, result in self._run(tasks, fit=True, secure=True):
+            inputs[cid] = result if isinstance(result, Exception) else _secure_reply(result, cid)
+
+        def secure_input(task):
+            got = inputs[task.client_id]
+            if isinstance(got, Exception):
+                raise got
+            return got
+
+        return in_process_secure_round(rnd, tasks, sharers, protocol, secure_input, progress)
 
     def evaluate(self, tasks):
         return self._run(tasks, fit=False)  # no downlink decoded: no sync, no bookkeeping
 
-    def _run(self, tasks, fit: bool):
+    def _run(self, tasks, fit: bool, secure: bool = False):
         ray = self._ray
         pending = {}
         blob = None
@@ -152,9 +194,11 @@ class RayRuntime(Runtime):
                 self.sync_bytes += len(blob)
             if fit:
                 self.last_round[w] = self.round
-            ref = self.workers[w].handle.remote(
-                task.client_id, task.payload, self._asdict(task.instructions)
-            )
+            args = (task.client_id, task.payload, self._asdict(task.instructions))
+            if secure:
+                ref = self.workers[w].secure_input.remote(*args, self.uniform)
+            else:
+                ref = self.workers[w].handle.remote(*args)
             pending[ref] = task.client_id
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -183,8 +227,9 @@ class RayRuntime(Runtime):
 
         per_worker: list[dict] = [{} for _ in self.workers]
         for key, tensors in groups.items():
-            if key.startswith("client.up."):
-                per_worker[self.worker_of(key[len("client.up.") :])][key] = tensors
+            for prefix in ("client.up.", "client.secure."):
+                if key.startswith(prefix):
+                    per_worker[self.worker_of(key[len(prefix) :])][key] = tensors
         self._ray.get(
             [
                 w.load_client_memory.remote(pack_groups(g))
@@ -199,6 +244,22 @@ class RayRuntime(Runtime):
         self.workers = []
         if self._started:
             self._ray.shutdown()
+
+
+def _secure_reply(blob: bytes, client_id: str) -> tuple[np.ndarray, Update]:
+    """An actor's secure input and report (its bytes checked like any received payload)."""
+    tensors, header = unpack(blob)
+    vector = tensors.get("vector")
+    rows, metrics = header.get("rows"), header.get("metrics")
+    if (
+        vector is None
+        or vector.dtype != torch.float64
+        or vector.dim() != 1
+        or not isinstance(rows, int)
+        or not isinstance(metrics, dict)
+    ):
+        raise ProtocolError(f"the actor of client {client_id} sent a malformed secure input")
+    return vector.numpy(), Update(client_id, 0, OrderedDict(), rows, metrics)
 
 
 def _forwarded_env() -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fedfm.codecs.wire import unpack_groups
 from fedfm.errors import FedFMError, StaleReference, TrainingError
 from fedfm.runtimes.base import RUNTIMES, Runtime
+from fedfm.runtimes.secure import in_process_secure_round
 
 
 @RUNTIMES.register("sim")
@@ -15,10 +16,14 @@ class SimRuntime(Runtime):
     number of clients.
     """
 
+    carries_secure_aggregation = True
+
     def __init__(self, app, config=None) -> None:
         self.app = app
         self.sync = None
         self.sync_bytes = 0
+        # distributed DP weighs every client alike in the secure sum
+        self.uniform = config is not None and config.privacy.dp == "distributed"
 
     def prepare_round(self, rnd, sync):
         self.sync = sync
@@ -27,9 +32,19 @@ class SimRuntime(Runtime):
         n, self.sync_bytes = self.sync_bytes, 0
         return n
 
+    def secure_dispatch(self, rnd, tasks, sharers, protocol, progress=None):
+        def secure_input(task):
+            vector = self._resynced(lambda: self.app.secure_input(task, self.uniform))
+            return vector, self.app.reports.get(task.client_id)
+
+        return in_process_secure_round(rnd, tasks, sharers, protocol, secure_input, progress)
+
     def _handle(self, task):
+        return self._resynced(lambda: self.app.handle(task))
+
+    def _resynced(self, work):
         try:
-            return self.app.handle(task)
+            return work()
         except StaleReference:
             # The process decoded no downlink in a round (every selected client dropped out):
             # like a network client that missed rounds, it loads the sync state first.
@@ -38,7 +53,7 @@ class SimRuntime(Runtime):
             blob = self.sync()
             self.sync_bytes += len(blob)
             self.app.load_view(unpack_groups(blob))
-            return self.app.handle(task)
+            return work()
 
     def dispatch(self, tasks):
         for task in tasks:

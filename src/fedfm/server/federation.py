@@ -7,6 +7,7 @@ checkpoint → log.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from fedfm.client.app import ClientTask, read_view_round, view_meta
 from fedfm.client.secure import secure_round_metrics
 from fedfm.codecs import CodecContext, Pipeline, evaluation, peer_seed
 from fedfm.codecs.wire import pack_groups
-from fedfm.errors import FedFMError, ProtocolError
+from fedfm.errors import ConfigError, FedFMError, ProtocolError
 from fedfm.metrics.memory import peak_rss_mb
 from fedfm.metrics.sinks import Sink
 from fedfm.server.checkpoint import Checkpoint, save_checkpoint
@@ -124,7 +125,7 @@ class Federation:
             for cid in selected
             if cid not in dropped
         ]
-        if self._carried_secure_aggregation():
+        if self.strategy.masks_updates:  # one driver: the runtime's clients are the parties
             return self._secure_round(rnd, state, template, selected, dropped, tasks, t0)
 
         updates: list[Update] = []
@@ -164,15 +165,15 @@ class Federation:
         self._log_round(rnd, state, updates, bytes_up, bytes_down, t0, extra, loss=loss)
         return state
 
-    def _carried_secure_aggregation(self) -> bool:
-        """Secure aggregation whose parties are the runtime's real clients (network)."""
-        return self.runtime.carries_secure_aggregation and self.strategy.masks_updates
-
     def _secure_round(self, rnd, state, template, selected, dropped, tasks, t0) -> State:
-        """A round whose clients mask their updates: the runtime carries the protocol, the
-        strategy gets only the sum. ``dropped`` clients share keys, then vanish (as simulated)."""
-        import secrets
-
+        """A round whose clients mask their updates: the runtime carries the protocol (its
+        clients are the parties, in this process or over the network), the strategy gets only
+        the sum. ``dropped`` clients share keys, then vanish (as simulated)."""
+        if not self.runtime.carries_secure_aggregation:
+            raise ConfigError(
+                f"secagg.enabled = true: the {type(self.runtime).__name__} runtime does not "
+                "carry secure aggregation"
+            )
         dimension = sum(t.numel() for t in template.values()) + 2  # + w·loss, w
         protocol = self.strategy.secagg_server(rnd, len(selected), dimension, secrets.token_hex(8))
 
@@ -186,7 +187,9 @@ class Federation:
         metrics = secure_round_metrics(outcome.bytes_up, outcome.bytes_down, outcome.seconds)
         metrics["secagg_survivors"] = float(len(outcome.survivors))
         reference = self.client_view if self.client_view is not None else state
-        state = self.strategy.aggregate_secure(rnd, state, reference, outcome.sum, metrics)
+        state = self.strategy.aggregate_secure(
+            rnd, state, reference, outcome.sum, metrics, outcome.reports
+        )
         strategy_metrics = self.strategy.round_metrics()
         bytes_down = len(tasks[0].payload) * len(tasks) if tasks else 0
         bytes_down += outcome.bytes_down + self.runtime.take_extra_bytes()

@@ -98,7 +98,13 @@ from fedfm.privacy.secagg.messages import (
     encode_message,
 )
 from fedfm.privacy.secagg.server import SecAggServer, resolve_threshold
-from fedfm.privacy.secagg.simulation import SERVER, SecAggResult, WireMessage, secure_sum
+from fedfm.privacy.secagg.simulation import (
+    SERVER,
+    SecAggResult,
+    WireMessage,
+    run_parties,
+    secure_sum,
+)
 
 __all__ = [
     "ABORT",
@@ -129,5 +135,6 @@ __all__ = [
     "pairwise_seed",
     "ring_dtype",
     "resolve_threshold",
+    "run_parties",
     "secure_sum",
 ]

@@ -5,7 +5,7 @@ every message crossing the wire format, and reports the sum and its costs.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -72,13 +72,50 @@ def secure_sum(
     unknown = (set(drop_after_sharing) | set(drop_after_masking)) - set(ids)
     if unknown:
         raise ValueError(f"dropped clients {sorted(unknown)} are not among the vectors' ids")
-    start = time.perf_counter()
-    threshold = resolve_threshold(threshold, len(ids))
-    rng = np.random.default_rng(seed)
     session = f"secure_sum/{seed}" if session is None else session
-    options = {"fraction_bits": fraction_bits, "modulus_bits": modulus_bits, "session": session}
-    server = SecAggServer(dimension, threshold, **options)
-    clients = {c: SecAggClient(c, dimension, **options) for c in ids}
+    server = SecAggServer(
+        dimension,
+        resolve_threshold(threshold, len(ids)),
+        fraction_bits=fraction_bits,
+        modulus_bits=modulus_bits,
+        session=session,
+    )
+    alive = [c for c in ids if c not in drop_after_sharing]
+    return run_parties(
+        server,
+        ids,
+        lambda c: np.asarray(vectors[c]) if c in alive else None,
+        seed=seed,
+        drop_after_masking=drop_after_masking,
+        transcript=transcript,
+    )
+
+
+def run_parties(
+    server: SecAggServer,
+    sharers: Sequence[str],
+    input_of: Callable[[str], np.ndarray | None],
+    *,
+    seed: int = 0,
+    drop_after_masking: set[str] | frozenset[str] = frozenset(),
+    transcript: list[WireMessage] | None = None,
+) -> SecAggResult:
+    """The protocol between ``server`` and in-process client parties: the driver of every
+    in-process runtime. Every message crosses the wire format; ``server`` sees only messages.
+
+    ``sharers`` take part in key sharing. At the masking stage each asks ``input_of(id)`` for
+    its vector, computed on the client's side then; None means the client vanishes there
+    (dropped or failed: it is not in the sum). ``seed`` shuffles arrival order.
+    """
+    start = time.perf_counter()
+    ids = sorted(sharers)
+    rng = np.random.default_rng(seed)
+    options = {
+        "fraction_bits": server.fraction_bits,
+        "modulus_bits": server.modulus_bits,
+        "session": server.session,
+    }
+    clients = {c: SecAggClient(c, server.dimension, **options) for c in ids}
     sent = {"up": 0, "down": 0}
 
     def carry(round_: str, client: str, message: dict[str, Any], up: bool) -> dict[str, Any]:
@@ -99,13 +136,17 @@ def secure_sum(
         shares = clients[c].share_keys(carry("advertise_keys", c, roster, up=False))
         server.receive_shares(carry("share_keys", c, shares, up=True))
     forwarded = server.forward_shares()
-    alive = [c for c in ids if c not in drop_after_sharing]
-    for c in shuffled(alive):
+    masked_by: list[str] = []
+    for c in shuffled(ids):
+        vector = input_of(c)
+        if vector is None:
+            continue
         received = carry("share_keys", c, forwarded[c], up=False)
-        masked = clients[c].masked_input(received, np.asarray(vectors[c]))
+        masked = clients[c].masked_input(received, np.asarray(vector))
         server.receive_masked(carry("masked_input", c, masked, up=True))
+        masked_by.append(c)
     request = server.unmask_request()
-    for c in shuffled([c for c in alive if c not in drop_after_masking]):
+    for c in shuffled([c for c in sorted(masked_by) if c not in drop_after_masking]):
         answer = clients[c].unmask(carry("masked_input", c, request, up=False))
         server.receive_unmask(carry("unmask", c, answer, up=True))
     total = server.result()
