@@ -41,6 +41,27 @@ def test_ray_runs_the_clients_on_workers_with_the_same_bytes(runs):
     assert [r["loss"] for r in ray_run.metrics] == [r["loss"] for r in sim.metrics]
 
 
+SECURE = ["secagg.enabled=true", "evaluation.where=both", "evaluation.client_split=0.2"]
+
+
+def test_secure_aggregation_and_client_evaluation_on_ray_equal_the_simulation(
+    tiny_config, tmp_path
+):
+    """The actors compute the secure inputs and evaluate their held-out rows; the protocol's
+    parties run in the driver: the same sum and the same figures as in-process."""
+    results = {}
+    for name, extra in [("sim", []), ("ray", ["runtime.type=ray", *RAY])]:
+        config = tiny_config(f"name={name}", "runtime.threads=1", *SECURE, *extra)
+        results[name] = run(config, out=tmp_path / name)
+    sim, ray_run = results["sim"], results["ray"]
+    for a, b in zip(ray_run.metrics, sim.metrics, strict=True):
+        assert a["secagg_survivors"] == b["secagg_survivors"] == 2
+        assert a["loss"] == b["loss"]  # the securely summed training loss
+        assert a["client_accuracy"] == b["client_accuracy"]
+        assert a["client_eval"] == b["client_eval"]
+    assert ray_run.final_accuracy == sim.final_accuracy
+
+
 def test_the_ray_instance_is_shut_down_after_the_run(runs):
     assert not ray.is_initialized()
 
