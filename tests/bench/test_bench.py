@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedfm.bench.bench import _ratios, _summarise, resolve_scenario
+from fedfm.bench.bench import ratios, resolve_scenario, summarise
 from fedfm.bench.runner import run_system
 from fedfm.config import config_to_toml
 from fedfm.errors import ConfigError, FedFMError
@@ -25,7 +25,7 @@ def test_a_system_runs_in_a_child_and_is_measured(tiny_config, tmp_path, system)
         <= rounds[1]["start"]
     )
     assert 200 < m.peak_tree_mb < 8000  # a real process with torch and a 22M-parameter model
-    row = _summarise(m)
+    row = summarise(m)
     assert row["startup_seconds"] > row["model_to_first_round_seconds"] > 0
     assert row["final_accuracy"] == rounds[-1]["accuracy"]
 
@@ -66,7 +66,7 @@ def test_ratios_are_fedfm_over_peer():
             "final_accuracy": 0.875,
         },
     ]
-    r = _ratios(rows)["flower"]
+    r = ratios(rows)["flower"]
     assert r == pytest.approx(
         {"round_seconds": 0.25, "peak_memory": 0.25, "startup": 0.25, "accuracy_points": 0.5}
     )

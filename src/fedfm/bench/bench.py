@@ -50,7 +50,7 @@ def merge_overrides(base: list[str], variant: tuple[str, ...] | list[str]) -> li
     return [*kept, *variant]
 
 
-def _summarise(m: Measured) -> dict[str, Any]:
+def summarise(m: Measured) -> dict[str, Any]:
     t = m.timeline
     rounds = t["rounds"]
     durations = [r["end"] - r["start"] for r in rounds]
@@ -82,7 +82,7 @@ def rounds_to(accuracy: list[float | None], target: float) -> int | None:
     return next((i for i, a in enumerate(accuracy, 1) if a is not None and a >= target), None)
 
 
-def _ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     ours = next(r for r in rows if r["system"] == "fedfm")
     out = {}
     for r in rows:
@@ -166,7 +166,7 @@ def run_bench(
         say(f"running {label} ({cfg.federation.rounds} rounds)")
         toml = config_to_toml(replace(cfg, name=f"{cfg.name}-{label}"))
         measured.append(run_system(label, system, toml, workdir, resume=resume))
-    rows = [_summarise(m) for m in measured]
+    rows = [summarise(m) for m in measured]
     if scenario.target_accuracy is not None:
         for row in rows:
             row["target_accuracy"] = scenario.target_accuracy
@@ -199,7 +199,7 @@ def run_bench(
         "quick": quick,
         "rounds": rounds,
         "rows": rows,
-        "ratios": _ratios(rows),
+        "ratios": ratios(rows),
         "memory_sweep": sweep_rows,
         "flops": flops,
         "config": config_to_toml(config),
