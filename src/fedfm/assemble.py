@@ -41,6 +41,7 @@ from fedfm.fm4fl.warmup import warm_up
 from fedfm.methods import METHODS, Method
 from fedfm.prepared import Prepared
 from fedfm.privacy.federated import ProtectedAggregation, client_transform
+from fedfm.privacy.mechanisms import mechanism
 from fedfm.server.asynchronous import AsyncFederation
 from fedfm.server.federation import Federation
 from fedfm.state import State
@@ -192,7 +193,7 @@ def _client_app(
 
 def _add_distributed_noise(app: ClientApp, config, num_clients: int) -> None:
     """Distributed DP: each client clips its delta, then adds its share of the noise."""
-    if config.privacy.dp == "distributed":
+    if mechanism(config).client_noise:
         num_params = app.trainer.task.num_params()[0]
         app.transforms.append(client_transform(config, app.index, num_clients, num_params))
 
@@ -214,7 +215,7 @@ def client_app(p: Prepared, client_ids: Sequence[str], federation=None) -> tuple
     positions = {cid: i for i, cid in enumerate(part.client_ids)}
     data, held_out = _hold_out(c, data, positions)
     local_dp = None
-    if c.privacy.dp == "local":
+    if mechanism(c).example_level:
         from fedfm.privacy.local import LocalDP  # imports opacus: only dp = 'local' loads it
 
         local_dp = LocalDP.for_clients(c.privacy, federation or c.federation, data)
@@ -246,7 +247,7 @@ def node_app(
     data, held_out = _hold_out(config, {client_id: rows}, positions)
     app = _client_app(config, task, data, positions, 1)
     app.held_out = held_out
-    if config.privacy.dp == "distributed":
+    if mechanism(config).client_noise:
         if config.privacy.noise_multiplier <= 0:
             raise DataError(
                 "privacy.dp = 'distributed': the server's experiment carries no resolved "
@@ -330,7 +331,7 @@ def build_strategy(p: Prepared, num_clients: int, federation=None, local_dp=None
     """The configured strategy, behind privacy and FedDF wrappers, bound to its context."""
     c = p.config
     strategy = STRATEGIES.build(c.strategy, federation or c.federation)
-    if c.privacy.dp != "none" or c.secagg.enabled:
+    if mechanism(c).protects or c.secagg.enabled:
         strategy = ProtectedAggregation(strategy, c, num_clients, local_dp)
     server = trainer(c, p.task)  # the server's own training (root set, distillation)
     context = ServerContext()

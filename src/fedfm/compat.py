@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fedfm.config import ExperimentConfig
 from fedfm.errors import ConfigError
+from fedfm.privacy.mechanisms import mechanism
 from fedfm.strategies import STRATEGIES
 
 
@@ -20,25 +21,25 @@ def _protected_strategies() -> str:
 
 def check_compatible(config: ExperimentConfig) -> None:
     """Refuse combinations that cannot keep their promise (every runtime)."""
-    dp, secure = config.privacy.dp, config.secagg.enabled
+    dp, secure = mechanism(config), config.secagg.enabled
     strategy = STRATEGIES.of(config.strategy)
     name = config.strategy.plugin_name
-    if dp == "local":
+    if dp.example_level:
         from fedfm.privacy.local import check_local  # imports opacus: only dp = 'local' loads it
 
         check_local(config)
-    if dp == "central" and secure:
+    if dp.server_noise and secure:
         raise ConfigError(
             "privacy.dp = 'central' needs the server to see and clip each update, which secure "
             "aggregation hides; use privacy.dp = 'distributed' with secagg.enabled = true"
         )
-    if (dp != "none" or secure) and strategy.needs_individual_updates:
+    if (dp.protects or secure) and strategy.needs_individual_updates:
         raise ConfigError(
             f"strategy.name = {name!r} needs each client's update, which differential privacy "
             "and secure aggregation replace by a noisy or masked sum (local DP: one mean "
             f"update, with the accountant); allowed with them: {_protected_strategies()}"
         )
-    if (dp != "none" or secure) and strategy.asynchronous:
+    if (dp.protects or secure) and strategy.asynchronous:
         raise ConfigError(
             f"strategy.name = {name!r} is asynchronous: it weighs each update by its staleness, "
             "while differential privacy and secure aggregation turn one synchronous round's "
@@ -70,7 +71,11 @@ def check_network(config: ExperimentConfig) -> None:
     needs_root = STRATEGIES.of(config.strategy).needs_root_update
     name = config.strategy.plugin_name
     refusals = [
-        (config.privacy.dp == "local", "privacy.dp = 'local'", "example-level DP-SGD"),
+        (
+            not mechanism(config).served,
+            f"privacy.dp = {config.privacy.dp!r}",
+            "example-level DP-SGD",
+        ),
         (config.attack.type != "none", f"attack.type = {config.attack.type!r}", "attacks"),
         (config.privacy.audit, "privacy.audit = true", "the membership audit"),
         (needs_root, f"strategy.name = {name!r}", "a server root set of training rows"),

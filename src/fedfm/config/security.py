@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedfm.config.checks import check, check_choice
+from fedfm.config.checks import check, check_choice, registry
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class PrivacyConfig:
     audit_rows: int = 1000  # members (client training rows) and as many non-members (test rows)
 
     def __post_init__(self) -> None:
-        check_choice("privacy.dp", self.dp, ["none", "central", "distributed", "local"])
+        check_choice("privacy.dp", self.dp, registry("dp mechanism").names())
         check_choice("privacy.accountant", self.accountant, ["rdp", "prv"])
         check(self.noise_multiplier >= 0, "privacy.noise_multiplier", self.noise_multiplier, "≥ 0")
         check(

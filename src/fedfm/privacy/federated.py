@@ -41,6 +41,7 @@ from fedfm.privacy.dp import (
     l2_norm,
     quantization_norm_slack,
 )
+from fedfm.privacy.mechanisms import mechanism
 from fedfm.state import State, Update
 from fedfm.strategies.base import Strategy, WrappedStrategy
 
@@ -73,12 +74,13 @@ class ProtectedAggregation(WrappedStrategy):
         self.seed = config.seed
         self.clients_per_round = config.federation.clients_per_round
         self.dp = config.privacy.dp
+        self.mechanism = mechanism(config)
         self.sample_rate = 0.0  # client-level DP: the chance that a client takes part
         self.noise_multiplier = 0.0
         self.accountant: PrivacyAccountant | None = None
         self.clipper: AdaptiveClipper | None = None
         self.local: LocalAccountant | None = None
-        if self.dp == "local":
+        if self.mechanism.example_level:
             if local_dp is None:
                 raise ValueError("privacy.dp = 'local' needs the clients' LocalDP")
             from fedfm.privacy.local import LocalAccountant
@@ -87,7 +89,7 @@ class ProtectedAggregation(WrappedStrategy):
             self.local = LocalAccountant(
                 self.privacy.accountant, self.noise_multiplier, inner.federation.batch_size
             )
-        elif self.dp != "none":
+        elif self.mechanism.protects:
             self.sample_rate = client_sample_rate(self.clients_per_round, num_clients)
             self.noise_multiplier = resolve_noise_multiplier(
                 self.privacy, self.sample_rate, config.federation.rounds
@@ -96,7 +98,7 @@ class ProtectedAggregation(WrappedStrategy):
                 self.privacy.accountant, self.noise_multiplier, self.sample_rate
             )
             if self.privacy.clip == "adaptive":
-                if self.dp != "central":
+                if not self.mechanism.server_noise:
                     raise ConfigError(
                         "privacy.clip = 'adaptive' needs privacy.dp = 'central' (the server sees the norms)"
                     )
@@ -113,7 +115,7 @@ class ProtectedAggregation(WrappedStrategy):
     def uniform_weights(self) -> bool:
         """Distributed DP weighs every client alike (its noise share assumes it); otherwise
         updates are weighted by their example counts."""
-        return self.dp == "distributed"
+        return self.mechanism.uniform_weights
 
     def aggregate(self, round: int, global_state: State, updates: list[Update]) -> State:
         metrics: dict[str, float] = {}
@@ -126,7 +128,7 @@ class ProtectedAggregation(WrappedStrategy):
             OrderedDict((n, u.state[n].float() - global_state[n].float()) for n in global_state)
             for u in updates
         ]
-        if self.dp == "central":
+        if self.mechanism.server_noise:
             norms = [l2_norm(d) for d in deltas]
             clip_norm = self.clip_norm
             metrics["dp_clipped"] = float(sum(n > clip_norm for n in norms))
@@ -172,7 +174,7 @@ class ProtectedAggregation(WrappedStrategy):
 
     def _finish(self, round, global_state, reference, mean, summed, metrics, updates) -> State:
         """Noise bookkeeping and the accountants, then the inner strategy on reference + mean."""
-        if self.dp == "distributed":
+        if self.mechanism.client_noise:
             # clients added noise for clients_per_round shares; fewer summed shares → less noise
             mean = OrderedDict((n, t * summed / self.clients_per_round) for n, t in mean.items())
             metrics["dp_noise_multiplier_effective"] = effective_noise_multiplier(

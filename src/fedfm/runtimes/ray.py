@@ -23,6 +23,7 @@ from fedfm.client.app import ClientTask
 from fedfm.codecs.wire import pack, pack_groups, unpack, unpack_groups
 from fedfm.config import config_to_toml, parse_config_text
 from fedfm.errors import ConfigError, FedFMError, ProtocolError, TrainingError
+from fedfm.privacy.mechanisms import mechanism
 from fedfm.runtimes.base import RUNTIMES, Runtime
 from fedfm.runtimes.secure import in_process_secure_round
 from fedfm.state import FitInstructions, Update
@@ -132,7 +133,7 @@ class RayRuntime(Runtime):
                     ) from None
             self._started = True
         self.client_ids = list(app.data)
-        self.uniform = config.privacy.dp == "distributed"
+        self.uniform = mechanism(config).uniform_weights
         toml = config_to_toml(config)
         actor = ray.remote(num_cpus=r.cpus_per_worker)(_Worker)
         threads = max(1, int(r.cpus_per_worker))

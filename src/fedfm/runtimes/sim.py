@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fedfm.codecs.wire import unpack_groups
 from fedfm.errors import FedFMError, StaleReference, TrainingError
+from fedfm.privacy.mechanisms import mechanism
 from fedfm.runtimes.base import RUNTIMES, Runtime
 from fedfm.runtimes.secure import in_process_secure_round
 
@@ -23,7 +24,7 @@ class SimRuntime(Runtime):
         self.sync = None
         self.sync_bytes = 0
         # distributed DP weighs every client alike in the secure sum
-        self.uniform = config is not None and config.privacy.dp == "distributed"
+        self.uniform = config is not None and mechanism(config).uniform_weights
 
     def prepare_round(self, rnd, sync):
         self.sync = sync

@@ -24,6 +24,7 @@ from fedfm.client.app import ClientTask
 from fedfm.codecs.wire import unpack_groups
 from fedfm.config import parse_config_text
 from fedfm.errors import NetworkError, ProtocolError, StaleReference
+from fedfm.privacy.mechanisms import mechanism
 from fedfm.privacy.secagg import ABORT, SecAggClient, decode_message, encode_message
 from fedfm.runtimes.grpc import fedfm_pb2 as pb
 from fedfm.runtimes.grpc import fedfm_pb2_grpc as pb_grpc
@@ -296,7 +297,7 @@ class NetworkClient:
         return rnd
 
     def _uniform(self) -> bool:
-        return self.config.privacy.dp == "distributed"
+        return mechanism(self.config).uniform_weights
 
     def _resynced(self, app, rnd: int, work):
         """``work()``; when the downlink is coded against a state we do not hold (we missed

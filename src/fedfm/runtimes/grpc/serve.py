@@ -21,6 +21,7 @@ from fedfm import assemble
 from fedfm.compat import check_network
 from fedfm.config import ExperimentConfig, ServerConfig, config_to_toml
 from fedfm.metrics.sinks import ConsoleSink, Sink
+from fedfm.privacy.mechanisms import mechanism
 from fedfm.rundir import RunResult, drive, open_run, resolve_config
 from fedfm.runtimes.base import RUNTIMES
 from fedfm.runtimes.grpc.auth import ClientRegistry
@@ -78,7 +79,7 @@ def serve(
     c = config
     strategy = assemble.build_strategy(p, len(clients.order))
     client_privacy = c.privacy
-    if c.privacy.dp == "distributed":  # clients add noise for σ as the server resolved it
+    if mechanism(c).client_noise:  # clients add noise for σ as the server resolved it
         sigma = strategy.noise_multiplier
         client_privacy = replace(c.privacy, noise_multiplier=sigma, target_epsilon=0.0)
     down, _ = assemble.pipelines(c)
