@@ -83,11 +83,6 @@ def check_network(config: ExperimentConfig) -> None:
         (config.warmup.ensemble_steps > 0, "warmup.ensemble_steps > 0", "FedDF distillation"),
         (config.teacher.type != "none", f"teacher.type = {config.teacher.type!r}", "a teacher"),
         (config.data.labelled_fraction < 1, "data.labelled_fraction < 1", "scarce labels"),
-        (
-            config.evaluation.on_clients,
-            f"evaluation.where = {config.evaluation.where!r}",
-            "client-side evaluation",
-        ),
     ]
     for bad, key, what in refusals:
         if bad:

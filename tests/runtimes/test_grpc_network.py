@@ -309,3 +309,33 @@ def test_a_causal_lm_is_served_and_joined_like_the_simulation(tmp_path, tiny_lm)
     assert [r["round"] for r in rows] == [1, 2]
     served = load_config(d.run_dir() / "config.toml")
     assert served.task.type == "causal_lm"
+
+
+def test_a_server_without_a_test_set_gets_the_clients_evaluation(tmp_path):
+    """[evaluation] where = 'clients' over the network: the server holds no data at all (its
+    data.test does not exist); the clients score the global model on their held-out rows, with
+    the same figures as the simulation, and those rows are never trained on."""
+    from fedfm.config import load_config
+    from fedfm.experiment import run
+
+    ev = [
+        *NET,
+        "server.min_clients=4",
+        "federation.rounds=2",
+        "evaluation.where=clients",
+        "evaluation.client_split=0.2",
+        "data.labels=['Business', 'Sci/Tech', 'Sports', 'World']",
+    ]
+    sim = run(load_config(None, ev), out=tmp_path / "sim")
+    d = Deployment(tmp_path, [*ev, "data.test=no/such/test.tsv"])
+    d.run_to_the_end()
+    summary = json.loads((d.run_dir() / "summary.json").read_text())
+    assert summary["final_client_eval"] == sim.summary["final_client_eval"]
+    assert summary["final_accuracy"] == sim.summary["final_accuracy"]
+    assert summary["test_rows"] == 0
+    assert summary["bytes_up_total"] == sim.summary["bytes_up_total"]  # training traffic only
+    assert summary["client_eval_bytes_up_total"] == sim.summary["client_eval_bytes_up_total"]
+    _assert_same_adapter(d.run_dir(), sim.run_dir)
+    rows = [json.loads(r) for r in (d.run_dir() / "metrics.jsonl").read_text().splitlines()]
+    assert [r["accuracy"] for r in rows] == [r["client_accuracy"] for r in rows]
+    assert len(rows[-1]["client_eval"]) == 4  # every client in the last round

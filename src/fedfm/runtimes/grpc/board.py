@@ -24,8 +24,9 @@ class Assignment:
     payload_sha: str
     deadline: float
     status: str = "open"  # open | received
-    # Secure aggregation: "" for a plain fit; "keys", "shares", "masked" (the fit, answered by a
-    # masked input) or "unmask". ``message`` is the protocol's message to this client.
+    # "" for a plain fit; "evaluate" for federated evaluation (the payload is the state to score,
+    # the answer a few figures); secure aggregation: "keys", "shares", "masked" (the fit,
+    # answered by a masked input) or "unmask". ``message`` is the protocol's message to it.
     stage: str = ""
     session: str = ""
     message: bytes = b""
@@ -33,6 +34,12 @@ class Assignment:
 
     @property
     def fit(self) -> bool:
+        """Work on the round's payload (Poll kind FIT): a fit, masked or not, or evaluation."""
+        return self.stage in ("", "masked", "evaluate")
+
+    @property
+    def decodes_downlink(self) -> bool:
+        """The payload is the round's codec-coded downlink (evaluation's is sent as it is)."""
         return self.stage in ("", "masked")
 
 

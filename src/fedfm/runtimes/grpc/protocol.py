@@ -14,7 +14,7 @@ from fedfm.codecs.wire import pack_groups, unpack_groups  # noqa: F401  (re-expo
 from fedfm.errors import ProtocolError
 from fedfm.state import FitInstructions
 
-VERSION = 2
+VERSION = 3
 """Protocol version, carried by every message; a peer speaking another is refused."""
 
 SESSION_HEADER = "x-fedfm-session"

@@ -221,6 +221,18 @@ class GrpcRuntime(Runtime):
         self._assign([])
         self.store.round_finished(rnd, received)
 
+    def evaluate(self, tasks):
+        """Federated evaluation: the stage ``evaluate`` of the round, whose answers are a few
+        figures (never stored as updates); the round's downlink bookkeeping is untouched."""
+        start = time.monotonic()
+        deadline = start + self.settings.round_timeout
+        rnd = tasks[0].instructions.round if tasks else 0
+        work = [self._fit_assignment(t, deadline, stage="evaluate") for t in tasks]
+        self._assign(work)
+        pending = {a.client_id for a in work}
+        yield from self._collect(rnd, "evaluate", pending, start, deadline)
+        self._assign([])
+
     def _forget_uploads_before(self, rnd: int) -> None:
         with self.board.lock:
             for k in [k for k in self.board.uploads if k[1] < rnd]:

@@ -159,7 +159,7 @@ class FedFMService(pb_grpc.FedFMServicer):
                 secagg_sha256=a.message_sha,
             )
         stale = a.round > 1 and request.last_round != a.round - 1
-        if a.fit and self.stateful_downlink and stale:
+        if a.decodes_downlink and self.stateful_downlink and stale:
             blob, digest = board.sync_blob()
             reply.sync_size, reply.sync_sha256 = len(blob), digest
         return reply
