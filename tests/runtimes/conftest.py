@@ -16,7 +16,7 @@ from fedfm.runtimes.grpc.certs import make_certs
 from fedfm.runtimes.grpc.client import NetworkClient
 from fedfm.runtimes.grpc.protocol import VERSION
 from fedfm.runtimes.grpc.server import GrpcRuntime
-from fedfm.server.store import ServerStore
+from fedfm.runtimes.grpc.store import ServerStore
 from fedfm.state import FitInstructions
 
 TOKENS = {f"c{i}": f"secret-token-of-c{i}-0123" for i in range(3)}

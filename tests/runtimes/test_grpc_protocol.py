@@ -22,7 +22,7 @@ from fedfm.runtimes.grpc.auth import ClientRegistry, RateLimiter, read_tokens
 from fedfm.runtimes.grpc.client import NetworkClient
 from fedfm.runtimes.grpc.protocol import VERSION
 from fedfm.runtimes.grpc.server import GrpcRuntime
-from fedfm.server.store import ServerStore
+from fedfm.runtimes.grpc.store import ServerStore
 from fedfm.state import FitInstructions
 from tests.runtimes.conftest import TOKENS, Server, _poll
 

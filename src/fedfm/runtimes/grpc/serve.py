@@ -26,7 +26,7 @@ from fedfm.rundir import RunResult, drive, open_run, resolve_config
 from fedfm.runtimes.base import RUNTIMES
 from fedfm.runtimes.grpc.auth import ClientRegistry
 from fedfm.runtimes.grpc.server import GrpcRuntime
-from fedfm.server.store import ServerStore
+from fedfm.runtimes.grpc.store import ServerStore
 from fedfm.tasks import TASKS
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from fedfm.runtimes.grpc.auth import ClientRegistry
 from fedfm.runtimes.grpc.board import Assignment, Board
 from fedfm.runtimes.grpc.protocol import instructions_to_json, sha256
 from fedfm.runtimes.grpc.servicer import FedFMService
-from fedfm.server.store import ServerStore
+from fedfm.runtimes.grpc.store import ServerStore
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from fedfm.runtimes.grpc import fedfm_pb2_grpc as pb_grpc
 from fedfm.runtimes.grpc.auth import ClientRegistry, RateLimiter
 from fedfm.runtimes.grpc.board import Board
 from fedfm.runtimes.grpc.protocol import VERSION, chunks
+from fedfm.runtimes.grpc.store import ServerStore
 from fedfm.runtimes.grpc.uploads import Uploads
-from fedfm.server.store import ServerStore
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from fedfm.config import ServerConfig
 from fedfm.runtimes.grpc import fedfm_pb2 as pb
 from fedfm.runtimes.grpc.board import Board, PartialUpload
 from fedfm.runtimes.grpc.protocol import VERSION, max_chunks, sha256
-from fedfm.server.store import ServerStore
+from fedfm.runtimes.grpc.store import ServerStore
 
 log = logging.getLogger(__name__)
 
