@@ -8,6 +8,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from tests.client.test_secure_input import TEMPLATE, StepTrainer
 
 from fedfm.client.app import ClientApp
 from fedfm.codecs import Pipeline
@@ -17,7 +18,6 @@ from fedfm.errors import FedFMError, StaleReference
 from fedfm.runtimes.base import Runtime
 from fedfm.server.federation import Federation
 from fedfm.strategies.fedavg import FedAvg, FedAvgSpec
-from tests.client.test_secure_input import TEMPLATE, StepTrainer
 
 DOWN = ("delta", "int8")
 SCHEDULE = {1: ["c0", "c1"], 2: ["c0"], 3: ["c0", "c1"]}  # c1 misses round 2

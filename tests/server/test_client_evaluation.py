@@ -41,7 +41,9 @@ def test_the_clients_figures_are_their_held_out_scores_of_the_global_model(both)
         assert final[cid]["examples"] == len(held)
     accs = [final[c]["accuracy"] for c in final]
     weights = [final[c]["examples"] for c in final]
-    assert result.summary["final_client_accuracy"] == pytest.approx(np.average(accs, weights=weights))
+    assert result.summary["final_client_accuracy"] == pytest.approx(
+        np.average(accs, weights=weights)
+    )
 
 
 def test_both_keeps_the_servers_figures_and_adds_the_clients(both):
