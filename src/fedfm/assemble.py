@@ -177,7 +177,6 @@ def _client_app(
     task: Task,
     data: dict[str, ClientData],
     positions: dict[str, int],
-    num_clients: int,
     local_dp=None,
 ) -> ClientApp:
     """What a simulated and a network client share: trainer, codecs, the method's preparer and
@@ -219,7 +218,7 @@ def client_app(p: Prepared, client_ids: Sequence[str], federation=None) -> tuple
         from fedfm.privacy.local import LocalDP  # imports opacus: only dp = 'local' loads it
 
         local_dp = LocalDP.for_clients(c.privacy, federation or c.federation, data)
-    app = _client_app(c, p.task, data, positions, len(client_ids), local_dp)
+    app = _client_app(c, p.task, data, positions, local_dp)
     app.held_out = held_out
     app.index = {cid: i for i, cid in enumerate(client_ids)}  # seeds follow the app's clients
     if p.attack is not None and p.attack.level == "update" and p.malicious:
@@ -245,7 +244,7 @@ def node_app(
     rows = ClientData(task.tokenize(table), table.labels, np.arange(len(table)))
     positions = {client_id: client_index}  # the server's index: same seeds as in simulation
     data, held_out = _hold_out(config, {client_id: rows}, positions)
-    app = _client_app(config, task, data, positions, 1)
+    app = _client_app(config, task, data, positions)
     app.held_out = held_out
     if mechanism(config).client_noise:
         if config.privacy.noise_multiplier <= 0:

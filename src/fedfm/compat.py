@@ -84,6 +84,12 @@ def check_network(config: ExperimentConfig) -> None:
         (config.teacher.type != "none", f"teacher.type = {config.teacher.type!r}", "a teacher"),
         (config.data.labelled_fraction < 1, "data.labelled_fraction < 1", "scarce labels"),
     ]
+    if config.evaluation.on_clients and STRATEGIES.of(config.strategy).asynchronous:
+        raise ConfigError(
+            f"evaluation.where = {config.evaluation.where!r} with strategy.name = {name!r}: over "
+            "the network an asynchronous run keeps every client busy training; evaluate on "
+            "the server (evaluation.where = 'server') or use a synchronous strategy"
+        )
     for bad, key, what in refusals:
         if bad:
             raise ConfigError(
