@@ -96,3 +96,16 @@ def test_an_installed_entry_point_registers_its_plugins(tmp_path, monkeypatch):
     config = load_config(None, ["codec.up=['half_from_entry_point']"])
     assert config.codec.up == ("half_from_entry_point",)
     assert name in sys.modules
+
+
+def test_a_joining_client_never_imports_what_the_server_names(tmp_path):
+    """The experiment a server sends is parsed without importing its [plugins]: a server must
+    not choose code for a client to run (fedfm join --plugin MODULE is the client's choice)."""
+    marker = tmp_path / "imported"
+    _module(tmp_path, "server_chosen_plugin_mod", f"open({str(marker)!r}, 'w').close()\n")
+    text = f'[plugins]\nmodules = ["server_chosen_plugin_mod"]\npaths = [{str(tmp_path)!r}]\n'
+    config = parse_config_text(text, "the server's experiment config", import_plugins=False)
+    assert config.plugins.modules == ("server_chosen_plugin_mod",)
+    assert not marker.exists() and "server_chosen_plugin_mod" not in sys.modules
+    parse_config_text(text)  # a config the user chose imports it
+    assert marker.exists()

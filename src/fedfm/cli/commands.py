@@ -14,6 +14,7 @@ from fedfm.errors import FedFMError
 from fedfm.experiment import run
 from fedfm.fm4fl.synthetic import verified
 from fedfm.metrics.report import write_report
+from fedfm.plugins import load_modules
 from fedfm.runtimes.grpc.certs import make_certs
 from fedfm.runtimes.grpc.client import NetworkClient
 from fedfm.runtimes.grpc.serve import serve
@@ -185,6 +186,7 @@ def cmd_join(args) -> int:
 
         torch.set_num_threads(args.threads)
     logging.getLogger("fedfm").setLevel(logging.INFO)
+    load_modules(args.plugin)
     client = NetworkClient(
         args.address,
         client_id,

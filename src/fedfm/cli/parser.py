@@ -152,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
         "share one machine)",
     )
     join.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this module of your own plug-ins first (repeatable): the server's "
+        "[plugins] are never imported on a client",
+    )
+    join.add_argument(
         "--retry-seconds",
         type=float,
         default=300.0,

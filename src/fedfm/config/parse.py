@@ -91,12 +91,18 @@ def _plugin_spec(kind: str, key: str, default: str, data: Any, section: str) -> 
     return build_dataclass(plugin.Spec, data, section, skip=(key,))
 
 
-def config_from_dict(data: dict[str, Any], base: Path | None = None) -> ExperimentConfig:
+def config_from_dict(
+    data: dict[str, Any], base: Path | None = None, import_plugins: bool = True
+) -> ExperimentConfig:
     """Build and validate an :class:`ExperimentConfig` from a parsed TOML document.
 
     The user's plug-in modules (``[plugins] modules``, searched in ``base`` first: the config
     file's folder) and the installed ``fedfm.plugins`` entry points are imported first, so
     that ``[method]``, ``[strategy]`` and the rest may name the plug-ins they register.
+    ``import_plugins = False`` for a config from elsewhere (the experiment a server sends a
+    joining client): its ``[plugins]`` are kept but nothing it names is imported, since a
+    server must not choose code for a client to run; the client's own modules and installed
+    entry points count.
     """
     load_entry_points()
     plugins = None
@@ -105,7 +111,8 @@ def config_from_dict(data: dict[str, Any], base: Path | None = None) -> Experime
         if plugins.modules and base is not None:
             paths = tuple(dict.fromkeys([*plugins.paths, str(base)]))
             plugins = dataclasses.replace(plugins, paths=paths)
-        load_modules(plugins.modules, [Path(p) for p in plugins.paths])
+        if import_plugins:
+            load_modules(plugins.modules, [Path(p) for p in plugins.paths])
     top_keys = {"name", "seed", *SECTIONS, "method", "strategy"}
     unknown = sorted(set(data) - top_keys)
     if unknown:
@@ -162,13 +169,15 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str]) -> di
     return out
 
 
-def parse_config_text(text: str, source: str = "config") -> ExperimentConfig:
+def parse_config_text(
+    text: str, source: str = "config", import_plugins: bool = True
+) -> ExperimentConfig:
     """Build a config from TOML text (e.g. the experiment a server sends to a joining client)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source} is not valid TOML: {e}") from None
-    return config_from_dict(data)
+    return config_from_dict(data, import_plugins=import_plugins)
 
 
 def load_config(

@@ -217,7 +217,9 @@ class NetworkClient:
         beat = threading.Thread(target=self._heartbeat, args=(stop,), daemon=True)
         beat.start()
         try:
-            config = parse_config_text(self.config_toml, "the server's experiment config")
+            config = parse_config_text(
+                self.config_toml, "the server's experiment config", import_plugins=False
+            )
             self.config = config
             app = build_app(config, data, self.client_id, self.client_index)
             return self._serve(app, max_rounds)
