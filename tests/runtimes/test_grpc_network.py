@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from fedfm.config import config_to_toml
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.network
@@ -339,3 +340,20 @@ def test_a_server_without_a_test_set_gets_the_clients_evaluation(tmp_path):
     rows = [json.loads(r) for r in (d.run_dir() / "metrics.jsonl").read_text().splitlines()]
     assert [r["accuracy"] for r in rows] == [r["client_accuracy"] for r in rows]
     assert len(rows[-1]["client_eval"]) == 4  # every client in the last round
+
+
+def test_a_servers_own_strategy_plugin_needs_nothing_on_the_clients(tmp_path):
+    """The server aggregates with a strategy from the user's module; the clients, which never
+    import the server's plug-ins, receive an experiment without it and train as usual."""
+    from fedfm.config import load_config
+
+    example = Path(__file__).parents[2] / "examples" / "plugins" / "geomedian.toml"
+    overrides = [*NET, "server.min_clients=4", "federation.rounds=2"]
+    config = load_config(example, overrides)
+    d = Deployment(tmp_path, overrides)
+    (tmp_path / "net.toml").write_text(config_to_toml(config))  # names the plug-in module
+    d.run_to_the_end()
+    summary = json.loads((d.run_dir() / "summary.json").read_text())
+    assert summary["strategy"] == "geomedian" and summary["rounds"] == 2
+    assert summary["rejected_updates"] == 0
+    assert "done: trained in 2 rounds" in (tmp_path / "join-c0.log").read_text()

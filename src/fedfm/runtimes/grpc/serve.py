@@ -19,7 +19,7 @@ import torch
 
 from fedfm import assemble
 from fedfm.compat import check_network
-from fedfm.config import ExperimentConfig, ServerConfig, config_to_toml
+from fedfm.config import ExperimentConfig, PluginsConfig, ServerConfig, config_to_toml
 from fedfm.metrics.sinks import ConsoleSink, Sink
 from fedfm.privacy.mechanisms import mechanism
 from fedfm.rundir import RunResult, drive, open_run, resolve_config
@@ -83,8 +83,17 @@ def serve(
         sigma = strategy.noise_multiplier
         client_privacy = replace(c.privacy, noise_multiplier=sigma, target_epsilon=0.0)
     down, _ = assemble.pipelines(c)
-    # What a joining client receives: the experiment without the server's own settings.
-    client_config = config_to_toml(replace(c, server=ServerConfig(), privacy=client_privacy))
+    # What a joining client receives: the experiment without the server's own settings (its
+    # [server] section, its aggregation rule and its plug-in modules, which clients never run).
+    client_config = config_to_toml(
+        replace(
+            c,
+            server=ServerConfig(),
+            privacy=client_privacy,
+            strategy=ExperimentConfig().strategy,
+            plugins=PluginsConfig(),
+        )
+    )
     min_clients = c.server.min_clients or c.federation.clients_per_round
     runtime = ServedRuntime(
         c.server,
