@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from fedfm.assemble import split
-from fedfm.bench.bench import format_table, run_bench
+from fedfm.bench import bench
 from fedfm.config import config_to_toml, load_config
 from fedfm.errors import FedFMError
 from fedfm.experiment import run
@@ -78,7 +78,7 @@ def cmd_bench(args) -> int:
     peers = (
         None if args.peers is None else tuple(p.strip() for p in args.peers.split(",") if p.strip())
     )
-    result = run_bench(
+    result = bench.run_bench(
         args.target,
         peers=peers,
         quick=args.quick,
@@ -101,7 +101,7 @@ def cmd_bench(args) -> int:
         "MB down/rnd",
     ):
         table.add_column(col)
-    for row in format_table(result):
+    for row in bench.format_table(result):
         table.add_row(*row)
     console.print(table)
     for peer, r in result["ratios"].items():
