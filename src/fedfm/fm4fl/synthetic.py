@@ -29,7 +29,8 @@ from fedfm.data.tokens import cache_dir
 from fedfm.errors import DataError
 from fedfm.fm4fl.teacher import descriptions
 from fedfm.fm4fl.verify import verify
-from fedfm.tasks.models import load_causal_lm, model_stamp, resolve_model
+from fedfm.tasks import models
+from fedfm.tasks.models import model_stamp, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def generate(
     path = cache_dir() / "synthetic" / f"{_key(config, where, label_prompts)}.jsonl"
     if path.is_file():
         return read_set(path, label_names)
-    tokenizer, model = load_causal_lm(s.model, "bf16", key="synthetic.model")
+    tokenizer, model = models.load_causal_lm(s.model, "bf16", key="synthetic.model")
     model.eval()
     tokenizer.padding_side = "left"
     rows: list[dict] = []
