@@ -34,7 +34,7 @@ from fedfm.compat import check_compatible
 from fedfm.config import ExperimentConfig
 from fedfm.data.partition import Partition, held_out, partition
 from fedfm.data.tokens import tokenize
-from fedfm.errors import DataError
+from fedfm.errors import ConfigError, DataError
 from fedfm.fm4fl.ensemble import wrap as ensemble_distillation
 from fedfm.fm4fl.pseudo import apply_scarce_labels
 from fedfm.fm4fl.warmup import warm_up
@@ -248,7 +248,7 @@ def node_app(
     app.held_out = held_out
     if mechanism(config).client_noise:
         if config.privacy.noise_multiplier <= 0:
-            raise DataError(
+            raise ConfigError(
                 "privacy.dp = 'distributed': the server's experiment carries no resolved "
                 "privacy.noise_multiplier"
             )
