@@ -342,6 +342,7 @@ def test_a_server_without_a_test_set_gets_the_clients_evaluation(tmp_path):
     assert len(rows[-1]["client_eval"]) == 4  # every client in the last round
 
 
+@pytest.mark.slow  # 2.5 minutes: 4 processes, 2 rounds
 def test_a_servers_own_strategy_plugin_needs_nothing_on_the_clients(tmp_path):
     """The server aggregates with a strategy from the user's module; the clients, which never
     import the server's plug-ins, receive an experiment without it and train as usual."""
