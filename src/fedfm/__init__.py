@@ -4,7 +4,7 @@ The public API::
 
     import fedfm
     result = fedfm.run()                                  # the built-in default experiment
-    result = fedfm.run("configs/agnews_prompt.toml")      # any TOML config
+    result = fedfm.run("configs/sst2_prompt.toml")      # any TOML config
     cfg = fedfm.load_config(None, ["federation.rounds=3"])
     result = fedfm.run(cfg, out="runs")
     result.final_accuracy, result.summary, result.metrics, result.run_dir
