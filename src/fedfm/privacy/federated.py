@@ -10,7 +10,7 @@ the wrapper only averages them (FedAvg weights) and keeps each client's example-
 
 The order on a client in distributed DP is clip → quantise → noise → mask
 (:func:`client_transform`, then :func:`fedfm.privacy.secagg.secure_sum`), see
-``fedfm/privacy/dp.py`` and ``fedfm/privacy/secagg.py``.
+``fedfm/privacy/dp.py`` and the ``fedfm/privacy/secagg/`` package.
 
 Accounting: the accountant treats each round as one subsampled Gaussian step with
 q = clients_per_round / clients. fedfm draws exactly ``clients_per_round`` clients per round
@@ -42,6 +42,7 @@ from fedfm.privacy.dp import (
     quantization_norm_slack,
 )
 from fedfm.privacy.mechanisms import mechanism
+from fedfm.privacy.secagg import SecAggServer, resolve_threshold
 from fedfm.state import State, Update
 from fedfm.strategies.base import Strategy, WrappedStrategy
 
@@ -209,8 +210,6 @@ class ProtectedAggregation(WrappedStrategy):
 
     def secagg_server(self, rnd: int, clients: int, dimension: int, nonce: str):
         """The server's side of one round's protocol among ``clients`` key holders."""
-        from fedfm.privacy.secagg import SecAggServer, resolve_threshold
-
         return SecAggServer(
             dimension,
             resolve_threshold(self.secagg.threshold, clients),
