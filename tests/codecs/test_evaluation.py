@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 
 import pytest
@@ -61,4 +60,3 @@ def test_an_oversized_or_foreign_result_is_refused():
     fit_payload = pack({}, {"kind": "global", "round": 3})
     with pytest.raises(ProtocolError, match="not an evaluation result"):
         evaluation.unpack_result(fit_payload, "c1", 3)
-    assert json.loads(json.dumps(GOOD))  # the fixture itself is plain JSON
