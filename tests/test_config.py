@@ -72,7 +72,7 @@ def test_resolved_toml_round_trips(tmp_path):
         ),
         (
             ["strategy.name=fedbest"],
-            "strategy.name = 'fedbest' is not a known strategy; allowed: fedadagrad, fedadam",
+            "strategy.name = 'fedbest' is not a known strategy; allowed: diloco, fedadagrad, fedadam",
         ),
         (
             ["method.type=dora"],

@@ -130,7 +130,11 @@ def _run_standalone(p: Prepared, run_dir: Path, sinks) -> RunResult:
             "round_seconds": float(sum(x["round_seconds"] for x in client_rows)),
             "peak_rss_mb": max(x["peak_rss_mb"] for x in client_rows),
             "clients": [x["clients"][0] for x in client_rows if x["clients"]],
+            "tokens": int(sum(x.get("tokens", 0) for x in client_rows)),
         }
+        ppl = [x["perplexity"] for x in client_rows if x.get("perplexity") is not None]
+        if ppl:  # task 'lm': the mean and the worst (highest) of the clients' perplexities
+            row["perplexity"], row["perplexity_worst"] = float(np.mean(ppl)), float(np.max(ppl))
         rows.append(row)
         jsonl.round(row)
     accs = [f["accuracy"] for f in finals]
@@ -144,5 +148,11 @@ def _run_standalone(p: Prepared, run_dir: Path, sinks) -> RunResult:
         "total_seconds": round(total_seconds, 3),
         "bytes_up_total": 0,
         "bytes_down_total": 0,
+        "tokens_total": int(sum(r["tokens"] for r in rows)),
     }
+    if "perplexity" in finals[0]:
+        ppl = [f["perplexity"] for f in finals]
+        summary["final_perplexity"] = float(np.mean(ppl))
+        summary["final_perplexity_worst"] = float(np.max(ppl))
+        summary["final_perplexity_per_client"] = {f["client"]: f["perplexity"] for f in finals}
     return finish(run_dir, rows, summary, sinks)

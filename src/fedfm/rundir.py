@@ -218,6 +218,8 @@ def drive(
         "total_seconds": round(fed.totals["seconds"], 3),
         "bytes_up_total": fed.totals["bytes_up"],
         "bytes_down_total": fed.totals["bytes_down"],
+        "tokens_total": fed.totals.get("tokens", 0),
+        "tokens_per_client": fed.totals.get("tokens_per_client", {}),
         "rejected_updates": sum("what" not in r for r in fed.rejected),
         **_client_evaluation_summary(c, fed.rows),
         **fed.strategy.summary(),

@@ -18,8 +18,8 @@ from fedfm.plugins import load_modules
 from fedfm.runtimes.grpc.certs import make_certs
 from fedfm.runtimes.grpc.client import NetworkClient
 from fedfm.runtimes.grpc.serve import serve
-from fedfm.tasks.causal_lm import generate
 from fedfm.tasks.classification import load_labelled
+from fedfm.tasks.generation import generate
 
 
 def cmd_run(args) -> int:
@@ -66,7 +66,7 @@ def cmd_generate(args) -> int:
 
     if args.max_new_tokens < 1:
         raise FedFMError(f"--max-new-tokens = {args.max_new_tokens} is not allowed; allowed: ≥ 1")
-    print(generate(args.run_dir, args.prompt, args.max_new_tokens))
+    print(generate(args.run_dir, args.prompt, args.max_new_tokens, args.temperature, args.seed))
     return 0
 
 

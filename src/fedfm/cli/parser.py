@@ -16,6 +16,7 @@ EPILOG = """examples:
   fedfm report runs/agnews-lora              rebuild report.html from a run directory
   fedfm run configs/agnews_instruct.toml     federated instruction tuning of SmolLM2 (causal LM)
   fedfm generate runs/agnews-instruct --prompt "Which topic is ...?"   answer with a tuned LM
+  fedfm generate runs/debian-pretrain --prompt "Command-line tool"    continue with a pre-trained LM
   fedfm synthesize configs/fm4fl_gptfl.toml  GPT-FL data: generate, verify, write for review
   fedfm bench --quick --peers plain          fedfm against a plain PyTorch loop, in minutes
   fedfm certs certs/                         test CA + server certificate for TLS
@@ -187,12 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser(
         "generate",
-        help="answer a prompt with the tuned model of a causal_lm run",
-        description="Load a task.type = 'causal_lm' run's base model and its exported peft "
-        "adapter (adapter/), apply the chat template to the prompt and print the greedy answer.",
+        help="write text with the model of a causal_lm or lm run",
+        description="A task.type = 'causal_lm' run answers the prompt greedily through the chat "
+        "template (its base model with the exported peft adapter); a task.type = 'lm' run "
+        "continues the prompt (empty: a new document), sampled at --temperature.",
     )
-    gen.add_argument("run_dir", help="a causal_lm run directory written by `fedfm run`")
-    gen.add_argument("--prompt", required=True, help="the user message")
+    gen.add_argument("run_dir", help="a causal_lm or lm run directory written by `fedfm run`")
+    gen.add_argument(
+        "--prompt", default="", help="the user message (causal_lm) or the text to continue (lm)"
+    )
     gen.add_argument(
         "--max-new-tokens",
         type=int,
@@ -200,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="at most N generated tokens (default: 64)",
     )
+    gen.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        metavar="T",
+        help="lm runs: sampling temperature (default 0.8, top-p 0.95; 0 = greedy)",
+    )
+    gen.add_argument("--seed", type=int, default=0, help="lm runs: the sampling seed (default 0)")
 
     syn = sub.add_parser(
         "synthesize",

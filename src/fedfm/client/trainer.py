@@ -85,6 +85,8 @@ class Trainer:
         anchor = [state[n] for n in task.shared] if instructions.proximal_mu > 0 else None
         task.model.train()
         losses = []
+        lengths = data.tokens.lengths()
+        tokens = 0
         steps = instructions.local_steps
         if instructions.local_epochs > 0:
             steps = data.steps_for_epochs(instructions.local_epochs, instructions.batch_size)
@@ -115,10 +117,15 @@ class Trainer:
                 loss.backward()
                 opt.step()
                 losses.append(value)
+                tokens += int(lengths[rows].sum())
         return Update(
             client_id=client_id,
             round=instructions.round,
             state=task.get_state(),
             num_examples=len(data),
-            metrics={"loss": float(np.mean(losses)), "steps": float(len(losses))},
+            metrics={
+                "loss": float(np.mean(losses)),
+                "steps": float(len(losses)),
+                "tokens": float(tokens),  # token positions trained on (padding excluded)
+            },
         )

@@ -22,36 +22,9 @@ from fedfm.config.sections import (
     TaskConfig,
 )
 from fedfm.config.security import AttackConfig, PrivacyConfig, SecAggConfig
-from fedfm.registry import spec_name
 
 # LoRA's default targets are BERT's attention names; Llama-style decoders call them these.
 CAUSAL_LM_LORA_TARGETS = ("q_proj", "v_proj")
-
-
-def _check_causal_lm(config: ExperimentConfig) -> None:
-    """task.type = 'causal_lm': LoRA only (the default targets become q_proj, v_proj); no data
-    attacks and no example-level DP, which assume labelled classification rows."""
-
-    method = spec_name(config.method)
-    check(method == "lora", "method.type", method, "'lora' with task.type = 'causal_lm'")
-    if config.method.target_modules == type(config.method)().target_modules:
-        object.__setattr__(
-            config,
-            "method",
-            dataclasses.replace(config.method, target_modules=CAUSAL_LM_LORA_TARGETS),
-        )
-    check(
-        config.attack.type not in ("label_flip", "backdoor"),
-        "attack.type",
-        config.attack.type,
-        "an update attack ('none', 'sign_flip', 'scale', 'noise') with task.type = 'causal_lm'",
-    )
-    check(
-        config.privacy.dp != "local",
-        "privacy.dp",
-        config.privacy.dp,
-        "'none', 'central' or 'distributed' with task.type = 'causal_lm'",
-    )
 
 
 def _check_fm4fl(config: ExperimentConfig) -> None:
@@ -61,15 +34,13 @@ def _check_fm4fl(config: ExperimentConfig) -> None:
         or config.warmup.source != "none"
         or config.warmup.ensemble_steps
         or config.data.labelled_fraction < 1
-        or config.model.init != "pretrained"
-        or config.model.layers
     )
     if fm4fl:
         check(
             config.task.type == "classification",
             "task.type",
             config.task.type,
-            "'classification' with [teacher], [warmup], data.labelled_fraction or model.init",
+            "'classification' with [teacher], [warmup] or data.labelled_fraction",
         )
     if config.warmup.ensemble_steps:
         check(
@@ -141,8 +112,7 @@ class ExperimentConfig:
             "a non-empty name without '/'",
         )
         check(0 <= self.seed < 2**32, "seed", self.seed, "0 … 2**32 − 1")
-        if self.task.type == "causal_lm":
-            _check_causal_lm(self)
+        registry("task").get(self.task.type).check_config(self)  # the task's own rules
         _check_fm4fl(self)
         if self.evaluation.on_clients:
             check(

@@ -16,9 +16,11 @@ from fedfm.config.checks import check, check_choice, registry
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """What is learned: ``classification`` of text, or ``causal_lm`` instruction tuning of a
+    """What is learned: ``classification`` of text; ``causal_lm`` instruction tuning of a
     generative model (data: instruction JSONL, or a labelled table with ``instruction``; see
-    :mod:`fedfm.data.instructions`), scored by exact match and perplexity."""
+    :mod:`fedfm.data.instructions`), scored by exact match and perplexity; ``lm`` pre-training
+    of a language model on unlabelled text (``data.text_column``, packed into blocks of
+    ``data.max_length`` tokens), scored by held-out perplexity."""
 
     type: str = "classification"
     # causal_lm, labelled table as data: the question put before each row's text; the label answers
@@ -44,16 +46,25 @@ class ModelConfig:
 
     ``init = "scratch"`` keeps the architecture but draws fresh random weights (seeded), the
     baseline that shows what the FM's pre-training buys; ``layers = N`` keeps only the first N
-    transformer layers of an encoder (a smaller student for distillation)."""
+    transformer layers of an encoder (a smaller student for distillation). For ``task.type =
+    "lm"`` (default model ``smollm2``) a scratch model takes the model's tokenizer and a
+    SmolLM2-shaped decoder of ``layers`` layers of width ``hidden_size`` (0 = the model's own)."""
 
     name: str = "minilm"
     init: str = "pretrained"  # pretrained | scratch
-    layers: int = 0  # encoder only: keep the first N transformer layers; 0 = all
+    layers: int = 0  # encoder: keep the first N layers; lm scratch: N layers; 0 = the model's
+    hidden_size: int = 0  # lm scratch: the width (a multiple of 64); 0 = the model's own
 
     def __post_init__(self) -> None:
         check(bool(self.name.strip()), "model.name", self.name, "a non-empty name or path")
         check_choice("model.init", self.init, ["pretrained", "scratch"])
         check(self.layers >= 0, "model.layers", self.layers, "0 (all) or a number of layers ≥ 1")
+        check(
+            self.hidden_size >= 0,
+            "model.hidden_size",
+            self.hidden_size,
+            "0 (the model's own) or a width ≥ 64, a multiple of 64",
+        )
 
 
 @dataclass(frozen=True)
@@ -65,7 +76,7 @@ class DataConfig:
     text_column: str = "text"
     label_column: str = "label"
     labels: tuple[str, ...] = ()  # fixes the label order; default: sorted labels of train
-    max_length: int = 64  # tokens per example after truncation
+    max_length: int = 64  # tokens per example after truncation; task 'lm': tokens per block
     train_rows: int = 0  # use only the first N training rows (0 = all)
     test_rows: int = 0  # use only the first N test rows (0 = all) for the final evaluation
     eval_rows: int = 1000  # the first N test rows are scored after each round (0 = all)

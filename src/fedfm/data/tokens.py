@@ -57,9 +57,11 @@ class TokenizedText:
         return torch.from_numpy(input_ids), torch.from_numpy(mask)
 
 
-def _digest(texts: list[str], tokenizer_key: str, max_length: int) -> str:
+def _digest(texts: list[str], tokenizer_key: str, max_length: int, special: bool = True) -> str:
     h = hashlib.sha256()
     h.update(f"{tokenizer_key}\0{max_length}\0{len(texts)}\0".encode())
+    if not special:
+        h.update(b"no special tokens\0")
     for t in texts:
         h.update(t.encode("utf-8", "surrogatepass"))
         h.update(b"\0")
@@ -67,21 +69,28 @@ def _digest(texts: list[str], tokenizer_key: str, max_length: int) -> str:
 
 
 def tokenize(
-    texts: list[str], tokenizer, tokenizer_key: str, max_length: int, use_cache: bool = True
+    texts: list[str],
+    tokenizer,
+    tokenizer_key: str,
+    max_length: int,
+    use_cache: bool = True,
+    add_special_tokens: bool = True,
 ) -> TokenizedText:
-    """Tokenise ``texts`` (truncated to ``max_length`` tokens), reading/writing the cache."""
+    """Tokenise ``texts`` (truncated to ``max_length`` tokens), reading/writing the cache;
+    ``add_special_tokens = False`` leaves out the tokenizer's BOS/CLS/SEP additions."""
     from safetensors.numpy import load_file, save_file
 
-    path = cache_dir() / "tokens" / f"{_digest(texts, tokenizer_key, max_length)}.safetensors"
+    digest = _digest(texts, tokenizer_key, max_length, add_special_tokens)
+    path = cache_dir() / "tokens" / f"{digest}.safetensors"
     if use_cache and path.is_file():
         try:
             arrays = load_file(str(path))
             return TokenizedText(arrays["ids"], arrays["offsets"])
         except Exception as e:  # a corrupt cache entry is rebuilt, never trusted
             log.warning("ignoring unreadable token cache %s: %s", path, e)
-    encoded = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True)[
-        "input_ids"
-    ]
+    encoded = tokenizer(
+        texts, truncation=True, max_length=max_length, add_special_tokens=add_special_tokens
+    )["input_ids"]
     lengths = np.fromiter((len(x) for x in encoded), dtype=np.int64, count=len(encoded))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     ids = np.fromiter((t for row in encoded for t in row), dtype=np.int32, count=int(offsets[-1]))

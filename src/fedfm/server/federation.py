@@ -230,6 +230,7 @@ class Federation:
                     }
         self.totals["bytes_up"] += bytes_up
         self.totals["bytes_down"] += bytes_down
+        tokens = self._count_tokens(updates)
         weights = [u.num_examples for u in updates]
         if loss is None:
             loss = (
@@ -244,6 +245,7 @@ class Federation:
             "eval_loss": metrics.get("loss"),
             "bytes_up": bytes_up,
             "bytes_down": bytes_down,
+            "tokens": tokens,
             "clients": [u.client_id for u in updates] if clients is None else list(clients),
             "rejected": [
                 r["client"] for r in self.rejected if r["round"] == rnd and "what" not in r
@@ -263,6 +265,18 @@ class Federation:
             memory = {**self.memory_state(), **self.runtime.state_dict()}
             ckpt = Checkpoint(rnd, state, self.strategy.state_dict(), memory, dict(self.totals))
             save_checkpoint(self.run_dir, ckpt)
+
+    def _count_tokens(self, updates: list[Update]) -> int:
+        """The tokens this round's clients trained on (their reported ``tokens``), added to the
+        run's totals, overall and per client."""
+        per_client = self.totals.setdefault("tokens_per_client", {})
+        total = 0
+        for u in updates:
+            n = int(u.metrics.get("tokens", 0))
+            per_client[u.client_id] = per_client.get(u.client_id, 0) + n
+            total += n
+        self.totals["tokens"] = self.totals.get("tokens", 0) + total
+        return total
 
     def client_evaluation(self, rnd: int, state: State, everyone: bool) -> dict[str, Any]:
         """Federated evaluation: clients score ``state`` on their own held-out rows; the figures

@@ -9,6 +9,7 @@ their updates become the next global state. ``[strategy] name`` picks one.
 | `fedadam`    | server Adam on the averaged pseudo-gradient                 | Reddi et al. 2021        |
 | `fedyogi`    | server Yogi                                                  | Reddi et al. 2021        |
 | `fedadagrad` | server Adagrad                                               | Reddi et al. 2021        |
+| `diloco`     | outer Nesterov SGD on the averaged pseudo-gradient (LM pre-training) | Douillard et al. 2023 |
 | `lora_svd`   | LoRA: rank-r SVD of the mean product B·A; rest as FedAvg    | Bai et al. 2024 FlexLoRA |
 | `median`     | coordinate-wise median of the deltas (robust)               | Yin et al. 2018          |
 | `trimmed_mean` | coordinate-wise mean without the beta share at each end   | Yin et al. 2018          |
@@ -22,6 +23,7 @@ The robust rules (``median`` … ``fltrust``) are described in :mod:`fedfm.strat
 """
 
 from fedfm.strategies import (  # noqa: F401  (registration)
+    diloco,
     fedavg,
     fedbuff,
     fedopt,

@@ -4,9 +4,10 @@
 |------------------|-------------------------------------------------------------|
 | `classification` | an encoder + mean pooling + a linear head; accuracy, loss    |
 | `causal_lm`      | instruction tuning of a causal LM; exact match, perplexity   |
+| `lm`             | language-model pre-training on unlabelled text; perplexity   |
 """
 
-from fedfm.tasks import causal_lm, classification  # noqa: F401  (registration)
+from fedfm.tasks import causal_lm, classification, lm  # noqa: F401  (registration)
 from fedfm.tasks.base import TASKS, Task
 from fedfm.tasks.classification import ClassificationTask, TextClassifier
 

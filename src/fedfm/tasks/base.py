@@ -61,6 +61,14 @@ class Task(SharedStateTask):
     #: True when every client must know the label set before it reads its own rows (the server
     #: sends it as ``data.labels``); False when labels only group rows (e.g. instruction tuning).
     shares_label_set: ClassVar[bool] = True
+    #: True when a run's model writes text (``fedfm generate``): see :meth:`generate_text`.
+    generates: ClassVar[bool] = False
+
+    # ---- config -------------------------------------------------------------------------------
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Refuse settings this task cannot honour (one line naming the key), or fill in its own
+        defaults; called once when an experiment config is built."""
 
     # ---- data ---------------------------------------------------------------------------------
     @classmethod
@@ -105,6 +113,19 @@ class Task(SharedStateTask):
 
     def export(self, out: Path, label_names: tuple[str, ...]) -> Path:
         """Save what was trained where users load it from."""
+        raise NotImplementedError
+
+    @classmethod
+    def generate_text(
+        cls,
+        run_dir: Path,
+        config,
+        prompts: list[str],
+        max_new_tokens: int,
+        temperature: float | None,
+        seed: int,
+    ) -> list[str]:
+        """Text written by a finished run's model for each prompt (tasks with ``generates``)."""
         raise NotImplementedError
 
 

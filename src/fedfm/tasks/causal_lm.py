@@ -16,6 +16,7 @@ Scoring (:meth:`CausalLMTask.evaluate`):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import string
 import warnings
@@ -30,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AutoTokenizer
 
-from fedfm.config import load_config, resolve_path
+from fedfm.config import CAUSAL_LM_LORA_TARGETS, check, load_config, resolve_path
 from fedfm.data.instructions import (
     IGNORE_INDEX,
     ChatEncoder,
@@ -44,6 +45,7 @@ from fedfm.data.instructions import (
 from fedfm.data.table import load_labelled_text
 from fedfm.errors import ConfigError
 from fedfm.methods.base import Method
+from fedfm.registry import spec_name
 from fedfm.tasks.base import TASKS, Task
 from fedfm.tasks.classification import load_labelled
 from fedfm.tasks.models import load_causal_lm, tokenizer_key
@@ -115,6 +117,42 @@ class CausalLMTask(Task):
     """
 
     shares_label_set = False  # labels only group rows for partitions
+    generates = True
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """LoRA only (the default targets become q_proj, v_proj) on the pre-trained model; no
+        data attacks and no example-level DP, which assume labelled classification rows."""
+        method = spec_name(config.method)
+        check(method == "lora", "method.type", method, "'lora' with task.type = 'causal_lm'")
+        if config.method.target_modules == type(config.method)().target_modules:
+            object.__setattr__(
+                config,
+                "method",
+                dataclasses.replace(config.method, target_modules=CAUSAL_LM_LORA_TARGETS),
+            )
+        m = config.model
+        check(
+            m.init == "pretrained",
+            "model.init",
+            m.init,
+            "'pretrained' with task.type = 'causal_lm'",
+        )
+        for key in ("layers", "hidden_size"):
+            value = getattr(m, key)
+            check(value == 0, f"model.{key}", value, "0 with task.type = 'causal_lm'")
+        check(
+            config.attack.type not in ("label_flip", "backdoor"),
+            "attack.type",
+            config.attack.type,
+            "an update attack ('none', 'sign_flip', 'scale', 'noise') with task.type = 'causal_lm'",
+        )
+        check(
+            config.privacy.dp != "local",
+            "privacy.dp",
+            config.privacy.dp,
+            "'none', 'central' or 'distributed' with task.type = 'causal_lm'",
+        )
 
     @classmethod
     def load_splits(cls, config) -> tuple[Instructions, Instructions]:
@@ -285,6 +323,17 @@ class CausalLMTask(Task):
         return {"accuracy": float(correct.mean()), "loss": loss, "perplexity": math.exp(loss)}
 
     # ---- export -----------------------------------------------------------------------------
+    @classmethod
+    def generate_text(cls, run_dir, config, prompts, max_new_tokens, temperature, seed):
+        """Greedy answers through the chat template (see :func:`generate`)."""
+        if temperature:
+            raise ConfigError(
+                f"--temperature = {temperature} is not allowed for a task.type = 'causal_lm' "
+                "run, which answers greedily; allowed: 0 (sampling is for task.type = 'lm')"
+            )
+        tokenizer, model = load_exported(run_dir)
+        return generate_with(tokenizer, model, list(prompts), max_new_tokens)
+
     def export(self, out: Path, label_names: tuple[str, ...] = ()) -> Path:
         """Save the peft adapter and the tokenizer (with its chat template) to ``out``."""
         out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from fedfm.config import load_config, resolve_path
+from fedfm.config import check, load_config, resolve_path
 from fedfm.data.table import LabelledText, load_labelled_text
 from fedfm.data.tokens import TokenizedText, tokenize
 from fedfm.errors import DataError
@@ -95,6 +95,16 @@ class ClassificationTask(Task):
         path = resolve_path(d.test)
         return load_labelled_text(
             path, d.text_column, d.label_column, d.labels or None, d.test_rows, "data.test"
+        )
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """A scratch encoder keeps its architecture's width (``model.hidden_size`` is for 'lm')."""
+        check(
+            config.model.hidden_size == 0,
+            "model.hidden_size",
+            config.model.hidden_size,
+            "0 with task.type = 'classification' (a scratch width is for task.type = 'lm')",
         )
 
     @classmethod

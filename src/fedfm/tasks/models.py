@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fedfm.data.tokens import cache_dir
-from fedfm.errors import ModelError
+from fedfm.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def gguf_to_folder(gguf: Path) -> Path:
     return final
 
 
-def load_causal_lm(name: str, precision: str = "bf16", key: str = "model.name"):
+def load_causal_lm(name: str, precision: str = "bf16", key: str = "model.name", chat: bool = True):
     """``(tokenizer, model)`` of a generative (causal) language model: ``smollm2``, a GGUF file
     (converted once, see :func:`gguf_to_folder`), a HF folder or an HF id.
 
@@ -223,7 +223,7 @@ def load_causal_lm(name: str, precision: str = "bf16", key: str = "model.name"):
     autocast, which would otherwise cast every weight at every forward; half the memory) and in
     float32 for ``"fp32"``; peft keeps LoRA's own tensors in float32 either way. The tokenizer
     gets a pad token (its EOS) when it has none: padding positions are masked, so which id fills
-    them does not matter.
+    them does not matter. ``chat``: the model must have a chat template (instruction tuning).
     """
     import warnings
 
@@ -249,9 +249,140 @@ def load_causal_lm(name: str, precision: str = "bf16", key: str = "model.name"):
         ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    if not getattr(tokenizer, "chat_template", None):
+    if chat and not getattr(tokenizer, "chat_template", None):
         raise ModelError(
             f"{key} = {name!r} has no chat template: instruction tuning needs an instruct "
             "(chat) model, e.g. 'smollm2'"
         )
+    return tokenizer, model
+
+
+# ---- language-model pre-training: the tokenizer alone, and a fresh model of a chosen shape -------
+
+# SmolLM2's attention heads are 64 wide; a scratch model keeps that and SmolLM2's proportions.
+HEAD_DIM = 64
+
+
+def _template_folder(gguf: Path) -> Path:
+    """A cached folder with a GGUF model's tokenizer and config only (no weights): what a scratch
+    model and the token packing need, without converting (dequantising) the weights."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    def build(tmp: Path) -> None:
+        folder, file = str(gguf.parent), gguf.name
+        AutoTokenizer.from_pretrained(folder, gguf_file=file).save_pretrained(str(tmp))
+        AutoConfig.from_pretrained(folder, gguf_file=file).save_pretrained(str(tmp))
+
+    final = cache_dir() / "models" / f"{gguf_cache_key(gguf)}-template"
+    if not final.is_dir():
+        log.info("reading the tokenizer and config of %s once into %s", gguf, final)
+    return cached_folder(final, build)
+
+
+def _config_folder(name: str, key: str) -> str:
+    """Where ``name``'s tokenizer and config are read from: a converted or template folder for
+    a GGUF file (the converted one when it exists already), else the resolved model."""
+    where = resolve_model(name, key)
+    if where.endswith(".gguf"):
+        converted = cache_dir() / "models" / gguf_cache_key(Path(where))
+        return str(converted if converted.is_dir() else _template_folder(Path(where)))
+    return where
+
+
+def load_lm_tokenizer(name: str, key: str = "model.name"):
+    """The tokenizer of a causal LM (``smollm2``, a GGUF file, a folder or an HF id), with a pad
+    token; no weights are read."""
+    import warnings
+
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    where = _config_folder(name, key)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            tokenizer = AutoTokenizer.from_pretrained(where)
+    except (OSError, ValueError) as e:
+        raise ModelError(
+            f"{key} = {name!r}: no tokenizer could be loaded from {where!r}: "
+            f"{str(e).splitlines()[0]}"
+        ) from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if tokenizer.eos_token_id is None:
+        raise ModelError(f"{key} = {name!r}: its tokenizer has no end-of-text token")
+    return tokenizer
+
+
+def scratch_shape(base_config, vocab_size: int, layers: int, hidden_size: int):
+    """``base_config`` (a Llama-style config, e.g. SmolLM2's) with ``layers`` layers and width
+    ``hidden_size`` (0 keeps the base's): 64-wide heads, about a third as many key-value heads,
+    SmolLM2's MLP ratio (1536/576) rounded to a multiple of 64; the tokenizer's vocabulary."""
+    width = hidden_size or base_config.hidden_size
+    if width % HEAD_DIM:
+        raise ConfigError(
+            f"model.hidden_size = {width} is not allowed; allowed: a multiple of {HEAD_DIM} "
+            f"(the width of SmolLM2's attention heads), e.g. 128, 256, 576"
+        )
+    heads = width // HEAD_DIM
+    kv = max(d for d in range(1, max(1, heads // 3) + 1) if heads % d == 0)
+    ratio = base_config.intermediate_size / base_config.hidden_size
+    config = base_config.__class__.from_dict(base_config.to_dict())
+    config.update(
+        {
+            "hidden_size": width,
+            "num_hidden_layers": layers or base_config.num_hidden_layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv,
+            "head_dim": HEAD_DIM,
+            "intermediate_size": max(HEAD_DIM, round(width * ratio / HEAD_DIM) * HEAD_DIM),
+            "vocab_size": vocab_size,
+        }
+    )
+    return config
+
+
+def load_lm(
+    name: str,
+    init: str,
+    dtype,
+    layers: int = 0,
+    hidden_size: int = 0,
+    seed: int = 0,
+    key: str = "model.name",
+):
+    """``(tokenizer, model)`` for language-model pre-training.
+
+    ``init = "pretrained"``: ``name``'s weights (continued pre-training). ``init = "scratch"``:
+    ``name``'s tokenizer and architecture with :func:`scratch_shape`'s layers and width, fresh
+    weights drawn under ``seed`` (the model's own initialisation), in ``dtype``.
+    """
+    import warnings
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if init != "scratch":
+        precision = "fp32" if dtype == torch.float32 else "bf16"
+        return load_causal_lm(name, precision, key, chat=False)
+    tokenizer = load_lm_tokenizer(name, key)
+    where = _config_folder(name, key)
+    try:
+        base = AutoConfig.from_pretrained(where)
+    except (OSError, ValueError) as e:
+        raise ModelError(
+            f"{key} = {name!r}: no model config in {where!r}: {str(e).splitlines()[0]}"
+        ) from None
+    if not hasattr(base, "intermediate_size"):
+        raise ModelError(
+            f"{key} = {name!r} is a {type(base).__name__}; model.init = 'scratch' needs a "
+            "Llama-style decoder (e.g. 'smollm2') as the template"
+        )
+    config = scratch_shape(base, len(tokenizer), layers, hidden_size)
+    config.pad_token_id = tokenizer.pad_token_id
+    config.eos_token_id = tokenizer.eos_token_id
+    with torch.random.fork_rng(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return tokenizer, model
