@@ -312,6 +312,59 @@ def test_a_causal_lm_is_served_and_joined_like_the_simulation(tmp_path, tiny_lm)
     assert served.task.type == "causal_lm"
 
 
+@pytest.mark.slow  # 1.5 minutes: a simulated run, then a server and 2 clients
+def test_language_model_pretraining_is_served_and_joined_like_the_simulation(tmp_path, tiny_lm):
+    """task.type = 'lm' over the network: each client packs its own site's text into blocks as
+    the simulation packs that site's rows, so the DiLoCo run (outer momentum kept on the server)
+    reproduces the simulated one bit for bit, tokens per client included."""
+    import csv
+
+    import torch
+    from safetensors.torch import load_file
+
+    from fedfm.config import load_config, resolve_path
+    from fedfm.experiment import run
+    from tests.tasks.test_lm import tiny_pretrain
+
+    source = resolve_path("${FEDFM_DATA}/debian/train.tsv")
+    with source.open(encoding="utf-8", newline="") as f:
+        rows = [r for _, r in zip(range(56), csv.DictReader(f, delimiter="\t"), strict=False)]
+    data = tmp_path / "sites.tsv"
+    with data.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(["text", "label", "site"])  # two sites: 40 and 16 descriptions
+        w.writerows([r["text"], r["label"], "a" if i < 40 else "b"] for i, r in enumerate(rows))
+    lm = [
+        *tiny_pretrain(tiny_lm),
+        f"data.train={str(data)!r}",
+        "data.train_rows=0",
+        "partition.column=site",
+        "partition.min_size=1",
+        "partition.clients=2",
+        "federation.clients_per_round=2",
+        "federation.rounds=2",
+        "federation.local_steps=2",
+        "strategy.name=diloco",
+        "name=net",
+        "server.tokens_file=tokens.txt",
+        "server.min_clients=2",
+        "server.round_timeout=120",
+        "server.client_timeout=8",
+        "server.linger=15",
+    ]
+    sim = run(load_config(None, lm), out=tmp_path / "sim")
+    d = Deployment(tmp_path, lm)
+    d.run_to_the_end()
+    summary = json.loads((d.run_dir() / "summary.json").read_text())
+    assert summary["final_perplexity"] == sim.summary["final_perplexity"]
+    assert summary["tokens_per_client"] == sim.summary["tokens_per_client"]
+    assert set(summary["tokens_per_client"]) == {"c0", "c1"}
+    assert summary["bytes_up_total"] == sim.summary["bytes_up_total"] > 0
+    a = load_file(str(d.run_dir() / "model" / "model.safetensors"))
+    b = load_file(str(sim.run_dir / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_server_without_a_test_set_gets_the_clients_evaluation(tmp_path):
     """[evaluation] where = 'clients' over the network: the server holds no data at all (its
     data.test does not exist); the clients score the global model on their held-out rows, with
