@@ -206,3 +206,41 @@ def test_a_classification_run_cannot_generate(tmp_path):
         ConfigError, match="generating text needs a run of task.type 'causal_lm', 'lm'"
     ):
         generate(tmp_path, "hello")
+
+
+@pytest.mark.slow  # the real SmolLM2-135M (converted once from its GGUF file): minutes on 2 cores
+def test_continued_pretraining_of_smollm2_with_lora_lowers_its_debian_perplexity(tmp_path):
+    from fedfm.assemble import prepare
+
+    config = load_config(
+        None,
+        [
+            "name=continued",
+            "task.type=lm",
+            "method.type=lora",
+            f"data.train={DEBIAN}/train.tsv",
+            f"data.test={DEBIAN}/test.tsv",
+            "data.train_rows=400",
+            "data.test_rows=40",
+            "data.eval_rows=32",
+            "data.max_length=64",
+            "partition.scheme=column",
+            "partition.column=maintainer",
+            "partition.min_size=10",
+            "partition.clients=2",
+            "federation.clients_per_round=2",
+            "federation.rounds=2",
+            "federation.local_steps=6",
+            "federation.batch_size=4",
+            "federation.lr=1e-3",
+        ],
+    )
+    assert config.model.name == "smollm2"
+    fresh = prepare(config)
+    before = fresh.task.evaluate(fresh.test_tokens, fresh.test.labels, fresh.eval_rows)
+    del fresh
+    result = fedfm.run(config, out=tmp_path)
+    rows = _rows(result.run_dir)
+    assert rows[-1]["perplexity"] < 0.9 * before["perplexity"]
+    assert (result.run_dir / "adapter" / "adapter_config.json").is_file()
+    assert generate(result.run_dir, "This package", max_new_tokens=8).startswith("This package")

@@ -137,8 +137,11 @@ def print_result(result) -> None:
 
     s = result.summary
     console = Console()
+    ppl = s.get("final_perplexity")
+    perplexity = f"perplexity [bold]{ppl:.2f}[/bold], " if ppl is not None else ""
     console.print(
-        f"final test accuracy [bold]{s['final_accuracy']:.4f}[/bold] on {s['test_rows']} rows · "
+        f"final test {perplexity}accuracy [bold]{s['final_accuracy']:.4f}[/bold] on "
+        f"{s['test_rows']} rows · "
         f"{s['total_seconds']:.1f} s · peak RSS {s['peak_rss_mb']:.0f} MB · "
         f"{(s['bytes_up_total'] + s['bytes_down_total']) / 1e6:.2f} MB sent"
     )

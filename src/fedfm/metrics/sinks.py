@@ -93,15 +93,14 @@ class ConsoleSink(Sink):
         self.mb += (row["bytes_up"] + row["bytes_down"]) / 1e6
         if self.progress is None:
             return
+        ppl = row.get("perplexity")  # language models: held-out perplexity after the columns
         self.console.print(
             f"{row['round']:>5} {len(row['clients']):>7} {row['loss']:>8.4f} {_fmt_acc(row.get('accuracy')):>9} "
             f"{row['bytes_up'] / 1e6:>8.3f} {row['bytes_down'] / 1e6:>8.3f} {row['round_seconds']:>6.1f}"
+            + ("" if ppl is None else f"  perplexity {ppl:.2f}")
         )
-        self.progress.update(
-            self.task,
-            advance=1,
-            status=f"acc {_fmt_acc(row.get('accuracy'))} · {self.mb:.1f} MB sent",
-        )
+        score = f"acc {_fmt_acc(row.get('accuracy'))}" if ppl is None else f"ppl {ppl:.1f}"
+        self.progress.update(self.task, advance=1, status=f"{score} · {self.mb:.1f} MB sent")
 
     def close(self):
         if self.progress is not None:
