@@ -72,3 +72,27 @@ def test_ray_refuses_a_bad_cluster_address(tiny_config, tmp_path):
     config = tiny_config("runtime.type=ray", "runtime.address=127.0.0.1:1", *RAY)
     with pytest.raises(ConfigError, match="runtime.address"):
         run(config, out=tmp_path)
+
+
+@pytest.mark.slow  # a local Ray instance and two runs of a scratch language model
+def test_language_model_pretraining_on_ray_equals_the_simulation(tiny_lm, tmp_path):
+    """task.type = 'lm' on Ray actors: each actor packs and trains its clients' blocks; one
+    thread everywhere, so the same DiLoCo run as in-process, tokens per client included."""
+    from fedfm.config import load_config
+    from tests.tasks.test_lm import tiny_pretrain
+
+    base = [
+        *tiny_pretrain(tiny_lm),
+        "federation.rounds=2",
+        "federation.local_steps=2",
+        "federation.clients_per_round=2",
+        "strategy.name=diloco",
+    ]
+    sim = run(load_config(None, [*base, "name=sim"]), out=tmp_path / "sim")
+    ray_run = run(
+        load_config(None, [*base, "name=ray", "runtime.type=ray", *RAY]), out=tmp_path / "ray"
+    )
+    assert [r["clients"] for r in ray_run.metrics] == [r["clients"] for r in sim.metrics]
+    assert [r["perplexity"] for r in ray_run.metrics] == [r["perplexity"] for r in sim.metrics]
+    assert ray_run.summary["final_perplexity"] == sim.summary["final_perplexity"]
+    assert ray_run.summary["tokens_per_client"] == sim.summary["tokens_per_client"]
