@@ -52,12 +52,7 @@ class TextTable:
 
 
 def read_texts(
-    path: Path,
-    text_column: str,
-    label_column: str = "",
-    rows: int = 0,
-    field: str = "data.train",
-    label_names: tuple[str, ...] = (),
+    path: Path, text_column: str, label_column: str = "", rows: int = 0, field: str = "data.train"
 ) -> TextTable:
     """Read the text column of a table (CSV, TSV, JSONL, Parquet); the label column too when the
     file has it (its values group rows for label-skewed partitions; text needs no label)."""
@@ -73,16 +68,9 @@ def read_texts(
     table = {k: v[:n] for k, v in table.items()}
     texts = ["" if t is None else str(t) for t in table[text_column]]
     if label_column and label_column in table:
-        values = [str(v) for v in table[label_column]]
-        names = tuple(label_names) or tuple(sorted(set(values)))
-        index = {name: i for i, name in enumerate(names)}
-        labels = np.fromiter((index.get(v, -1) for v in values), dtype=np.int64, count=n)
-        if (labels < 0).any():
-            labels = np.where(labels < 0, len(names), labels)  # unknown labels: one more group
-            names = (*names, "other")
-    else:
-        labels, names = np.zeros(n, dtype=np.int64), tuple(label_names) or ("all",)
-    return TextTable(texts, labels, names, table)
+        names, labels = np.unique([str(v) for v in table[label_column]], return_inverse=True)
+        return TextTable(texts, labels.astype(np.int64), tuple(names.tolist()), table)
+    return TextTable(texts, np.zeros(n, dtype=np.int64), ("all",), table)
 
 
 def pack(
