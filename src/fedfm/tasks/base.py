@@ -12,6 +12,7 @@ order), their state as a :data:`State`, parameter counts and the precision conte
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,8 +20,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from fedfm.config import CAUSAL_LM_LORA_TARGETS, check
 from fedfm.data.tokens import TokenizedText
-from fedfm.registry import Registry
+from fedfm.registry import Registry, spec_name
 from fedfm.state import State
 
 
@@ -141,3 +143,25 @@ class _TaskRegistry(Registry[type[Task]]):
 
 
 TASKS = _TaskRegistry("task", "task.type")
+
+
+def check_decoder(config, task: str) -> None:
+    """What the decoder tasks (``causal_lm``, ``lm``) share: LoRA's default targets become Llama's
+    attention names (q_proj, v_proj); no data attacks and no example-level DP, which assume
+    labelled classification rows."""
+    method = config.method
+    if spec_name(method) == "lora" and method.target_modules == type(method)().target_modules:
+        replaced = dataclasses.replace(method, target_modules=CAUSAL_LM_LORA_TARGETS)
+        object.__setattr__(config, "method", replaced)
+    check(
+        config.attack.type not in ("label_flip", "backdoor"),
+        "attack.type",
+        config.attack.type,
+        f"an update attack ('none', 'sign_flip', 'scale', 'noise') with task.type = {task!r}",
+    )
+    check(
+        config.privacy.dp != "local",
+        "privacy.dp",
+        config.privacy.dp,
+        f"'none', 'central' or 'distributed' with task.type = {task!r}",
+    )

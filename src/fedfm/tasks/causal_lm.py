@@ -16,7 +16,6 @@ Scoring (:meth:`CausalLMTask.evaluate`):
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import string
 import warnings
@@ -31,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AutoTokenizer
 
-from fedfm.config import CAUSAL_LM_LORA_TARGETS, check, load_config, resolve_path
+from fedfm.config import check, load_config, resolve_path
 from fedfm.data.instructions import (
     IGNORE_INDEX,
     ChatEncoder,
@@ -46,7 +45,7 @@ from fedfm.data.table import load_labelled_text
 from fedfm.errors import ConfigError
 from fedfm.methods.base import Method
 from fedfm.registry import spec_name
-from fedfm.tasks.base import TASKS, Task
+from fedfm.tasks.base import TASKS, Task, check_decoder
 from fedfm.tasks.classification import load_labelled
 from fedfm.tasks.models import load_causal_lm, tokenizer_key
 
@@ -125,12 +124,6 @@ class CausalLMTask(Task):
         data attacks and no example-level DP, which assume labelled classification rows."""
         method = spec_name(config.method)
         check(method == "lora", "method.type", method, "'lora' with task.type = 'causal_lm'")
-        if config.method.target_modules == type(config.method)().target_modules:
-            object.__setattr__(
-                config,
-                "method",
-                dataclasses.replace(config.method, target_modules=CAUSAL_LM_LORA_TARGETS),
-            )
         m = config.model
         check(
             m.init == "pretrained",
@@ -141,18 +134,7 @@ class CausalLMTask(Task):
         for key in ("layers", "hidden_size"):
             value = getattr(m, key)
             check(value == 0, f"model.{key}", value, "0 with task.type = 'causal_lm'")
-        check(
-            config.attack.type not in ("label_flip", "backdoor"),
-            "attack.type",
-            config.attack.type,
-            "an update attack ('none', 'sign_flip', 'scale', 'noise') with task.type = 'causal_lm'",
-        )
-        check(
-            config.privacy.dp != "local",
-            "privacy.dp",
-            config.privacy.dp,
-            "'none', 'central' or 'distributed' with task.type = 'causal_lm'",
-        )
+        check_decoder(config, "causal_lm")
 
     @classmethod
     def load_splits(cls, config) -> tuple[Instructions, Instructions]:

@@ -28,13 +28,13 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AutoModelForCausalLM
 
-from fedfm.config import CAUSAL_LM_LORA_TARGETS, check, resolve_path
+from fedfm.config import check, resolve_path
 from fedfm.data.packing import PackedText, TextTable, pack_table, read_texts
 from fedfm.data.tokens import TokenizedText
 from fedfm.errors import ConfigError, ModelError
 from fedfm.methods.base import METHODS, Method
 from fedfm.registry import spec_name
-from fedfm.tasks.base import TASKS, Task
+from fedfm.tasks.base import TASKS, Task, check_decoder
 from fedfm.tasks.models import load_lm, load_lm_tokenizer, tokenizer_key
 
 #: What ``[model] name`` means for ``task.type = "lm"`` when the config leaves the default.
@@ -63,13 +63,6 @@ class LanguageModelTask(Task):
             object.__setattr__(config, "model", dataclasses.replace(config.model, name=DEFAULT_LM))
         method = spec_name(config.method)
         check(method in ("lora", "full"), "method.type", method, "'lora' or 'full' (task 'lm')")
-        defaults = type(config.method)()
-        if method == "lora" and config.method.target_modules == defaults.target_modules:
-            object.__setattr__(
-                config,
-                "method",
-                dataclasses.replace(config.method, target_modules=CAUSAL_LM_LORA_TARGETS),
-            )
         m = config.model
         if m.init == "scratch":
             check(
@@ -86,18 +79,7 @@ class LanguageModelTask(Task):
                     getattr(m, key),
                     "0 unless model.init = 'scratch' (a pre-trained model keeps its shape)",
                 )
-        check(
-            config.attack.type not in ("label_flip", "backdoor"),
-            "attack.type",
-            config.attack.type,
-            "an update attack ('none', 'sign_flip', 'scale', 'noise') with task.type = 'lm'",
-        )
-        check(
-            config.privacy.dp != "local",
-            "privacy.dp",
-            config.privacy.dp,
-            "'none', 'central' or 'distributed' with task.type = 'lm'",
-        )
+        check_decoder(config, "lm")
 
     # ---- data ---------------------------------------------------------------------------------
     @classmethod
