@@ -244,3 +244,18 @@ def test_continued_pretraining_of_smollm2_with_lora_lowers_its_debian_perplexity
     assert rows[-1]["perplexity"] < 0.9 * before["perplexity"]
     assert (result.run_dir / "adapter" / "adapter_config.json").is_file()
     assert generate(result.run_dir, "This package", max_new_tokens=8).startswith("This package")
+
+
+def test_a_network_clients_file_needs_only_its_text_column(tiny_lm, tmp_path):
+    from fedfm.assemble import node_app
+
+    own = tmp_path / "mine.jsonl"
+    own.write_text(
+        "".join(
+            json.dumps({"body": f"Package number {i} provides a tool."}) + "\n" for i in range(40)
+        )
+    )
+    config = load_config(None, [*tiny_pretrain(tiny_lm), "data.text_column=body"])
+    app = node_app(config, own, "c0", 0)
+    (data,) = app.data.values()
+    assert len(data) > 0 and int(data.tokens.lengths().max()) <= 64  # packed into blocks

@@ -111,7 +111,12 @@ class LanguageModelTask(Task):
 
     @classmethod
     def load_client_rows(cls, config, path: Path, field: str) -> PackedText:
-        return cls._pack(config, cls._read(config, path, 0, field), _grouping(config), field)
+        """A network client's own file, packed as the simulation packs its rows; a file without
+        the server's partition column is one group (the client's own text, in file order)."""
+        table = cls._read(config, path, 0, field)
+        grouping = _grouping(config)
+        keep = grouping == "" or grouping in table.columns  # "": by label, when it has labels
+        return cls._pack(config, table, grouping if keep else None, field)
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
