@@ -7,23 +7,24 @@ clients, at one token budget. Usage, from the repository root, after ``make inst
 The clients are the 8 maintainers with the most package descriptions in Debian's train split
 (``../shared/data/debian``); their descriptions (3,223 of 11,028) are written once to a TSV in
 fedfm's cache, so that the centralized baseline pools exactly the clients' text. Every system
-trains the same fresh SmolLM2-shaped model (2 layers, width 128, SmolLM2's tokenizer: 6.7 M
-parameters, mostly the 49,152 × 128 embedding) from the same seeded initial weights on blocks of
-128 tokens, batches of 8 blocks, AdamW at lr 2e-3, and spends the same tokens:
+trains the same fresh SmolLM2-shaped model (2 layers, width 64, SmolLM2's tokenizer: 3.3 M
+parameters, mostly the 49,152 × 64 embedding) from the same seeded initial weights on blocks of
+64 tokens, batches of 8 blocks, AdamW at lr 2e-3, and spends the same tokens (a budget sized for a
+2-core machine):
 
-* ``diloco``: 10 rounds, 4 of the 8 clients per round, H = 10 inner steps, outer Nesterov SGD
-  (lr 0.7, momentum 0.9) — 400 client steps;
+* ``diloco``: 8 rounds, 4 of the 8 clients per round, H = 10 inner steps, outer Nesterov SGD
+  (lr 0.7, momentum 0.9) — 320 client steps;
 * ``fedavg``: the same, averaging (DiLoCo with outer lr 1, no momentum);
 * ``diloco-int8``: DiLoCo with the uplink pseudo-gradient quantised to int8;
-* ``centralized``: the pooled text, 10 rounds of 40 steps (400 steps of batch 8);
-* ``sync-dp``: the pooled text, 100 steps of batch 32 — what 4 data-parallel workers that average
-  gradients every step compute; its bytes are 100 steps × 4 workers × (up + down) × the measured
+* ``centralized``: the pooled text, 8 rounds of 40 steps (320 steps of batch 8);
+* ``sync-dp``: the pooled text, 80 steps of batch 32 — what 4 data-parallel workers that average
+  gradients every step compute; its bytes are 80 steps × 4 workers × (up + down) × the measured
   size of one client's message in the ``fedavg`` run (a dense fp32 state);
-* ``standalone``: each of the 8 clients alone, 10 rounds of 5 steps (400 steps in all); its
+* ``standalone``: each of the 8 clients alone, 8 rounds of 5 steps (320 steps in all); its
   perplexity is the mean over the 8 clients' models.
 
-Perplexity is measured on the first 128 blocks of Debian's test split after each round and on
-all blocks of its first 400 descriptions at the end. Writes one JSON per run and
+Perplexity is measured on the first 64 blocks of Debian's test split after each round and on
+all blocks of its first 200 descriptions at the end. Writes one JSON per run and
 ``OUT/lm-pretrain.json`` (rows: mean and spread over seeds) and ``OUT/lm-pretrain.png``.
 """
 
@@ -33,17 +34,15 @@ import argparse
 import csv
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fedfm  # noqa: E402
 from fedfm.config import load_config  # noqa: E402
@@ -51,19 +50,19 @@ from fedfm.data.tokens import cache_dir  # noqa: E402
 
 DATA = Path(os.environ.get("FEDFM_DATA", ROOT.parent / "shared" / "data"))
 CLIENTS = 8
-ROUNDS, PER_ROUND, H, BATCH = 10, 4, 10, 8
+ROUNDS, PER_ROUND, H, BATCH = 8, 4, 10, 8
 
 COMMON = [
     "task.type=lm",
     "model.name=smollm2",
     "model.init=scratch",
     "model.layers=2",
-    "model.hidden_size=128",
+    "model.hidden_size=64",
     "method.type=full",
     f"data.test={str(DATA / 'debian' / 'test.tsv')!r}",
-    "data.max_length=128",
-    "data.test_rows=400",
-    "data.eval_rows=128",
+    "data.max_length=64",
+    "data.test_rows=200",
+    "data.eval_rows=64",
     "partition.scheme=column",
     "partition.column=maintainer",
     "partition.clients=0",
@@ -131,29 +130,15 @@ def client_text() -> Path:
 
 
 def hardware() -> dict:
-    cpu, flags = "unknown", []
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name") and cpu == "unknown":
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-                flags = [x for x in line.split(":", 1)[1].split() if x in wanted]
+    """CPU model and flags, cores, threads, torch and Python (as compare_commits.py records
+    them), plus transformers and the git commit."""
+    import transformers
+    from compare_commits import _hardware
+
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
-    import transformers
-
-    return {
-        "cpu": cpu,
-        "flags": flags,
-        "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "commit": commit,
-    }
+    return {**_hardware(), "transformers": transformers.__version__, "commit": commit}
 
 
 def run_one(system: str, seed: int, train: Path, out: Path) -> dict:
@@ -236,14 +221,16 @@ def plot(records: list[dict], out: Path) -> None:
             continue
         rows = mine[0]["rows"]
         tokens = [sum(x["tokens"] or 0 for x in rows[: i + 1]) for i in range(len(rows))]
-        sent = [sum(x["bytes_up"] + x["bytes_down"] for x in rows[: i + 1]) for i in range(len(rows))]
+        sent = [
+            sum(x["bytes_up"] + x["bytes_down"] for x in rows[: i + 1]) for i in range(len(rows))
+        ]
         ppl = [x["perplexity"] for x in rows]
         a.plot(tokens, ppl, marker="o", label=system)
         if sent[-1] > 0:
             b.plot([s / 1e6 for s in sent], ppl, marker="o", label=system)
     for ax, xlabel in ((a, "tokens trained on"), (b, "MB sent (up + down)")):
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("held-out perplexity (128 blocks)")
+        ax.set_ylabel("held-out perplexity (64 blocks)")
         ax.set_yscale("log")
         ax.ticklabel_format(axis="x", style="plain", useOffset=False)
         ax.legend()

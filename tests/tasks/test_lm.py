@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.tasks.test_causal_lm import _Interrupt
 from transformers import AutoConfig
 
 import fedfm
 from fedfm.cli import main as cli
 from fedfm.config import load_config
 from fedfm.errors import ConfigError
-from fedfm.metrics.sinks import Sink
 from fedfm.tasks import models
 from fedfm.tasks.generation import generate
 
@@ -52,15 +52,6 @@ def tiny_pretrain(template) -> list[str]:
         "federation.lr=3e-3",
         "runtime.threads=1",
     ]
-
-
-class _Interrupt(Sink):
-    def __init__(self, in_round: int) -> None:
-        self.in_round = in_round
-
-    def client_done(self, round, done, total):
-        if round == self.in_round and done == 1:
-            raise KeyboardInterrupt
 
 
 def _rows(run_dir):

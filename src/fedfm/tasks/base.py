@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,6 +33,19 @@ class SharedStateTask:
     model: torch.nn.Module
     shared: OrderedDict[str, torch.nn.Parameter]
     precision: str
+
+    def adapt(self, model: torch.nn.Module, method, seed: int) -> None:
+        """Freeze ``model``, let ``method`` wrap it (seeded: peft's LoRA A init) and share its
+        trainable parameters, in model order."""
+        torch.manual_seed(seed)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            self.model = method.wrap(model)
+        self.shared = OrderedDict(
+            (n, p) for n, p in self.model.named_parameters() if p.requires_grad
+        )
 
     def get_state(self) -> State:
         return OrderedDict((n, p.detach().clone()) for n, p in self.shared.items())

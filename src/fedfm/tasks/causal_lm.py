@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import string
 import warnings
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -201,21 +200,13 @@ class CausalLMTask(Task):
         precision: str,
         max_new_tokens: int = 8,
     ):
-        torch.manual_seed(seed)  # peft's LoRA A init
         self.tokenizer = tokenizer
         self.method = method
         self.precision = precision
         self.max_new_tokens = max_new_tokens
-        for p in model.parameters():
-            p.requires_grad_(False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            self.model = method.wrap(model)
+        self.adapt(model, method, seed)
         self.pad_id = int(tokenizer.pad_token_id)
         self.stop = stop_ids(tokenizer)
-        self.shared = OrderedDict(
-            (n, p) for n, p in self.model.named_parameters() if p.requires_grad
-        )
 
     # ---- compute ------------------------------------------------------------------------------
     def _response_nll(

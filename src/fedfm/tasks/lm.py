@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -148,19 +147,11 @@ class LanguageModelTask(Task):
         return table.tokens  # packed when loaded (the partition works on blocks)
 
     def __init__(self, tokenizer, model: nn.Module, method: Method, seed: int, precision: str):
-        torch.manual_seed(seed)  # peft's LoRA A init
         self.tokenizer = tokenizer
         self.method = method
         self.precision = precision
-        for p in model.parameters():
-            p.requires_grad_(False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            self.model = method.wrap(model)
+        self.adapt(model, method, seed)
         self.pad_id = int(tokenizer.pad_token_id)
-        self.shared = OrderedDict(
-            (n, p) for n, p in self.model.named_parameters() if p.requires_grad
-        )
 
     # ---- compute ------------------------------------------------------------------------------
     def _next_token(
