@@ -150,6 +150,10 @@ class GrpcRuntime(Runtime):
                 last_report = now
             time.sleep(0.2)
 
+    def keep(self, rnd: int, client_id: str, payload: bytes) -> None:
+        """An admitted update, stored durably so that a resumed server reuses it."""
+        self.store.save_update(rnd, client_id, payload)
+
     def take_extra_bytes(self) -> int:
         with self.board.lock:
             n, self.board.sync_bytes = self.board.sync_bytes, 0

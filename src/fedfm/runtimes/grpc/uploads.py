@@ -101,7 +101,6 @@ class Uploads:
             a.status = "received"
             self.board.accepted.add((cid, up.round, up.stage))
             self.board.uploads.pop((cid, up.round, up.sha), None)
-        if not up.stage:  # a masked input is worthless once its protocol instance is gone
-            self.store.save_update(up.round, cid, payload)
+        # Stored only once the round loop has decoded and checked it (GrpcRuntime.keep).
         self.board.results.put((cid, up.round, up.stage, payload))
         return pb.UploadReply(version=VERSION, accepted=True, received=len(payload))
