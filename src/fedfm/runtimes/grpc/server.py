@@ -40,6 +40,7 @@ from fedfm.runtimes.grpc.store import ServerStore
 log = logging.getLogger(__name__)
 
 GRPC_OVERHEAD = 64 << 10  # room for the fields around a chunk's bytes
+UNARY_WORKERS = 16  # threads no stream can take
 
 
 def server_credentials(settings: ServerConfig, base: Path) -> grpc.ServerCredentials | None:
@@ -82,6 +83,7 @@ class GrpcRuntime(Runtime):
         stateful_downlink: bool,
         min_clients: int,
         base: Path = Path("."),
+        upload_limits: dict[str, int] | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -90,11 +92,22 @@ class GrpcRuntime(Runtime):
         self._started = False
         self.board = Board()
         self.service = FedFMService(
-            self.board, registry, store, settings, client_config, run_name, stateful_downlink
+            self.board,
+            registry,
+            store,
+            settings,
+            client_config,
+            run_name,
+            stateful_downlink,
+            upload_limits,
         )
         limit = settings.chunk_size + GRPC_OVERHEAD
+        # Streams take at most max_streams threads (the service's guard); the others are kept
+        # for Join, Poll and heartbeats. Calls beyond the queue are refused, not queued forever.
+        workers = settings.max_streams + UNARY_WORKERS
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=16),
+            futures.ThreadPoolExecutor(max_workers=workers),
+            maximum_concurrent_rpcs=4 * workers,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -240,7 +253,7 @@ class GrpcRuntime(Runtime):
     def _forget_uploads_before(self, rnd: int) -> None:
         with self.board.lock:
             for k in [k for k in self.board.uploads if k[1] < rnd]:
-                del self.board.uploads[k]
+                self.service.uploads.forget(k)
 
     def _fit_assignment(self, task, deadline: float, **secure) -> Assignment:
         return Assignment(
@@ -397,5 +410,8 @@ class GrpcRuntime(Runtime):
                 if live <= self.board.told_done:
                     break
             time.sleep(0.1)
-        self.server.stop(grace=1.0).wait()
+        self.service.guard.close()
+        # bounded: a stuck handler must not keep a finished (or crashed) server alive
+        if not self.server.stop(grace=1.0).wait(timeout=10.0):
+            log.warning("the gRPC server did not stop within 10 s; leaving it to exit")
         self.store.close()
