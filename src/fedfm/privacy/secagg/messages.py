@@ -11,6 +11,8 @@ import torch
 
 from fedfm.codecs.wire import pack, unpack
 from fedfm.errors import ProtocolError
+from fedfm.privacy.secagg.crypto import CIPHERTEXT_BYTES, KEY_BYTES
+from fedfm.privacy.shamir import SHARE_BYTES
 
 # Message types, one per arrow in the round table of the package docstring.
 KEYS, ROSTER, SHARES, FORWARDED = (
@@ -129,3 +131,15 @@ def decode_message(payload: bytes) -> dict[str, Any]:
                 f"secure-aggregation message: field {name!r} is malformed: {e}"
             ) from None
     return message
+
+
+def max_message_bytes(stage: str, dimension: int, clients: int, modulus_bits: int) -> int:
+    """The largest message a client sends at ``stage`` ("keys", "shares", "masked", "unmask")
+    in a round of at most ``clients`` over vectors of ``dimension``: what a server accepts."""
+    body = {
+        "keys": 2 * KEY_BYTES,
+        "shares": clients * CIPHERTEXT_BYTES,
+        "masked": dimension * modulus_bits // 8,
+        "unmask": clients * SHARE_BYTES,
+    }[stage]
+    return body + (16 << 10) + 160 * clients  # the header: fields, ids (≤ 128 chars), entries
