@@ -117,6 +117,10 @@ def decode_message(payload: bytes) -> dict[str, Any]:
         )
     message = dict(spec["fields"])
     for name, kind in binary.items():
+        if tensors[name].dtype != torch.uint8 or tensors[name].dim() != 1:
+            raise ProtocolError(
+                f"secure-aggregation message: field {name!r} is not a flat uint8 tensor"
+            )
         raw = tensors[name].numpy()
         if kind == "bytes":
             message[name] = raw.tobytes()
@@ -126,7 +130,7 @@ def decode_message(payload: bytes) -> dict[str, Any]:
             if dtype.str not in ("|u1", "<u4", "<u8"):
                 raise ValueError(f"dtype {dtype}")
             message[name] = np.frombuffer(raw.tobytes(), dtype).reshape(shape)
-        except (TypeError, ValueError, IndexError) as e:
+        except (TypeError, ValueError, IndexError, KeyError, OverflowError) as e:
             raise ProtocolError(
                 f"secure-aggregation message: field {name!r} is malformed: {e}"
             ) from None

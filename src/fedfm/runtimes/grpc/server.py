@@ -315,7 +315,9 @@ class GrpcRuntime(Runtime):
                     if message.get("type") == ABORT:
                         raise ProtocolError(f"the client left: {message.get('reason')}")
                     receive(message)
-                except (ProtocolError, NetworkError) as e:
+                except Exception as e:  # one client's message never stops the round
+                    if not isinstance(e, ProtocolError | NetworkError):
+                        e = ProtocolError(f"undecodable message ({type(e).__name__}: {e})")
                     log.warning(
                         "round %d: %s drops out of secure aggregation at stage %r: %s",
                         rnd,
