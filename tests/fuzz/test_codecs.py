@@ -45,3 +45,33 @@ def test_pipeline_decode(chain, data):
     payload = data.draw(hostile_payload(valid))
     ctx = CodecContext(2, TEMPLATE, {}, seed=7, reference_round=1)
     hostile(f"codec.{'+'.join(chain)}", pipe.decode, payload, ctx, TEMPLATE)
+
+
+@pytest.mark.parametrize("chain", [(), ("delta", "int8", "zlib")], ids=["plain", "int8+zlib"])
+@given(data=st.data())
+def test_server_admission(chain, data):
+    """The whole server path of an upload: decode, then the header's and values' limits."""
+    from fedfm.runtimes.base import Runtime
+    from fedfm.server.federation import Federation
+
+    pipe, valid = _valid(chain)
+    fed = Federation(
+        strategy=None,
+        runtime=Runtime(),
+        client_ids=["c1"],
+        clients_per_round=1,
+        rounds=1,
+        evaluate=None,
+        up=pipe,
+    )
+    fed.client_view = TEMPLATE
+    payload = data.draw(hostile_payload(valid))
+    ctx_round = 2
+    hostile(
+        f"server.admit.{'+'.join(chain) or 'plain'}",
+        fed._decode,
+        ctx_round,
+        "c1",
+        payload,
+        TEMPLATE,
+    )
