@@ -11,7 +11,7 @@ or replayed update is refused), its size, chunk offsets and count, its SHA-256. 
 with the client and reason and stored in ``server.sqlite``; the server keeps serving the others.
 
 Here: :class:`GrpcRuntime` (listening, round dispatch, secure dispatch, asynchronous rounds) and
-its TLS credentials. The RPCs are in :mod:`~fedfm.runtimes.grpc.servicer`, the upload checks in
+its TLS credentials (:func:`~fedfm.runtimes.grpc.certs.server_credentials`). The RPCs are in :mod:`~fedfm.runtimes.grpc.servicer`, the upload checks in
 :mod:`~fedfm.runtimes.grpc.uploads`, the shared state in :mod:`~fedfm.runtimes.grpc.board`.
 """
 
@@ -27,12 +27,13 @@ from pathlib import Path
 import grpc
 
 from fedfm.config import ServerConfig
-from fedfm.errors import ConfigError, NetworkError, ProtocolError
+from fedfm.errors import NetworkError, ProtocolError
 from fedfm.privacy.secagg import ABORT, decode_message, encode_message
 from fedfm.runtimes.base import Runtime, SecureRound
 from fedfm.runtimes.grpc import fedfm_pb2_grpc as pb_grpc
 from fedfm.runtimes.grpc.auth import ClientRegistry
 from fedfm.runtimes.grpc.board import Assignment, Board
+from fedfm.runtimes.grpc.certs import server_credentials
 from fedfm.runtimes.grpc.protocol import instructions_to_json, sha256
 from fedfm.runtimes.grpc.servicer import FedFMService
 from fedfm.runtimes.grpc.store import ServerStore
@@ -41,33 +42,6 @@ log = logging.getLogger(__name__)
 
 GRPC_OVERHEAD = 64 << 10  # room for the fields around a chunk's bytes
 UNARY_WORKERS = 16  # threads no stream can take
-
-
-def server_credentials(settings: ServerConfig, base: Path) -> grpc.ServerCredentials | None:
-    """TLS credentials from ``[server]`` (paths relative to ``base``), or None without TLS."""
-    if not settings.tls:
-        if settings.mutual_tls:
-            raise ConfigError("server.mutual_tls = true needs server.tls = true")
-        return None
-
-    def path(value: str, default: str, key: str) -> Path:
-        p = Path(value) if value else Path(settings.certs_dir) / default
-        p = p if p.is_absolute() else base / p
-        if not p.is_file():
-            raise ConfigError(
-                f"server.{key} = {str(p)!r} does not exist; create test certificates with "
-                f"`fedfm certs {settings.certs_dir}` or point server.{key} at yours"
-            )
-        return p
-
-    cert = path(settings.certificate, "server.pem", "certificate").read_bytes()
-    key = path(settings.private_key, "server.key", "private_key").read_bytes()
-    root = None
-    if settings.mutual_tls:
-        root = path(settings.root_certificate, "ca.pem", "root_certificate").read_bytes()
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=root, require_client_auth=settings.mutual_tls
-    )
 
 
 class GrpcRuntime(Runtime):
