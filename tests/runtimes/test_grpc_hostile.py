@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import torch
 
 from fedfm.config import ServerConfig
 from fedfm.errors import ConfigError
@@ -235,3 +236,56 @@ def test_no_tls_is_refused_off_loopback():
     assert ServerConfig(tls=False, address="127.0.0.1:8443").tls is False
     with pytest.raises(ConfigError, match="server.tls = False .* '0.0.0.0:8443' is not loopback"):
         ServerConfig(tls=False, address="0.0.0.0:8443")
+
+
+def test_a_hostile_update_over_the_network_is_rejected_and_the_round_aggregates_the_rest(
+    server,
+):
+    """The review's finding 1 end to end: one authenticated client uploads a well-formed
+    safetensors payload whose header holds a 5000-digit integer. The server used to exit in
+    round 1 (and again on --resume, as the upload was stored first)."""
+    from collections import OrderedDict
+
+    from safetensors.torch import save
+
+    from fedfm.codecs import CodecContext, Pipeline
+    from fedfm.codecs.wire import HEADER_KEY
+    from fedfm.config import FederationConfig
+    from fedfm.server.federation import Federation
+    from fedfm.strategies.fedavg import FedAvg, FedAvgSpec
+
+    honest, evil = server.client("c0"), server.client("c1")
+    honest.join(), evil.join()
+    fed = Federation(
+        strategy=FedAvg(FedAvgSpec(), FederationConfig()),
+        runtime=server.runtime,
+        client_ids=["c0", "c1"],
+        clients_per_round=2,
+        rounds=1,
+        evaluate=None,
+    )
+    result = {}
+    loop = threading.Thread(
+        target=lambda: result.update(state=fed.run(OrderedDict(w=torch.zeros(4)))), daemon=True
+    )
+    loop.start()
+    header = '{"wire": "1", "client": "c1", "codecs": [], "round": 1, "num_examples": '
+    poison = save({"w": torch.ones(4)}, metadata={HEADER_KEY: header + "1" * 5000 + "}"})
+    good = Pipeline(()).encode(
+        OrderedDict(w=torch.full((4,), 2.0)),
+        CodecContext(1),
+        {"client": "c0", "num_examples": 5, "metrics": {"loss": 0.5}},
+    )
+    for client, payload in ((evil, poison), (honest, good)):
+        deadline = time.monotonic() + 10
+        while (reply := _poll(client)).kind != pb.PollReply.FIT:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        client.download(1, "global", reply.payload_size, reply.payload_sha256)
+        assert client.upload(1, payload, reply.chunk_size) == (True, "")  # transport-level
+    loop.join(30)
+    assert not loop.is_alive(), "the round loop did not finish"
+    assert torch.equal(result["state"]["w"], torch.full((4,), 2.0))  # the honest update alone
+    assert fed.rows[0]["rejected"] == ["c1"] and fed.rows[0]["clients"] == ["c0"]
+    assert server.store.stored_update(1, "c1") is None  # a resume cannot replay it
+    assert server.store.stored_update(1, "c0") == good
