@@ -11,7 +11,7 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: run test test-slow test-all lint format clean install bench bench-quick proto
+.PHONY: run test test-slow test-all lint format clean install bench bench-quick proto fuzz
 
 install: $(STAMP)
 
@@ -34,6 +34,15 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+# Property-based fuzzing of every decoder that reads received bytes (tests/fuzz): FUZZ_CASES cases
+# per target (28 targets: ~100,000 cases), any exception but ProtocolError is a crash. The short
+# profile of the same targets runs in `make test`.
+FUZZ_CASES ?= 3600
+FUZZ_REPORT ?= benchmarks/results/fuzz/fuzz.json
+fuzz: $(STAMP)
+	FEDFM_FUZZ=long FEDFM_FUZZ_CASES=$(FUZZ_CASES) FEDFM_FUZZ_REPORT=$(FUZZ_REPORT) \
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/fuzz
 
 # Benchmarks need Flower (and Ray), which pin other versions of shared packages (rich, protobuf):
 # they get a virtualenv of their own, so that fedfm and its peers run on the same torch.

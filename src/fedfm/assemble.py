@@ -373,6 +373,7 @@ def federation(
         run_dir=run_dir,
         name=c.name,
         dropout=c.federation.dropout,
+        limits=c.limits,
     )
 
 

@@ -36,7 +36,11 @@ GOOD = {"kind": "evaluation", "round": 3, "client": "c1", "num_examples": 5}
         ({**GOOD, "metrics": {"accuracy": 0.5}}, {"x": torch.zeros(2)}, "no tensors"),
         ({**GOOD, "client": "c2", "metrics": {"accuracy": 0.5}}, None, "names client 'c2'"),
         ({**GOOD, "round": 2, "metrics": {"accuracy": 0.5}}, None, "round 3"),
-        ({**GOOD, "num_examples": 10**400, "metrics": {"accuracy": 0.5}}, None, "num_examples"),
+        (
+            {**GOOD, "num_examples": 10**400, "metrics": {"accuracy": 0.5}},
+            None,
+            "integer of 401 digits",
+        ),
         ({**GOOD, "num_examples": True, "metrics": {"accuracy": 0.5}}, None, "num_examples"),
         ({**GOOD, "metrics": {"accuracy": 10**400}}, None, "not allowed"),
         ({**GOOD, "metrics": {"accuracy": float("nan")}}, None, "not allowed"),

@@ -258,3 +258,22 @@ def test_a_model_of_another_size_is_refused_not_reshaped():
     payload = pipe.encode(bigger, CodecContext(round=1), HEADER)
     with pytest.raises(ProtocolError, match="'a' has shape .40,., expected .32,."):
         pipe.decode(payload, CodecContext(round=1), REF)
+
+
+@pytest.mark.parametrize(
+    "items",
+    [(), ("fp16",), ("lora_trim",), ("topk:0.5", "int8"), ("int4", "zlib"), ("zlib:1",)],
+    ids=lambda items: "+".join(items) or "none",
+)
+def test_the_upload_bound_holds_for_the_worst_payload(items):
+    """Pipeline.max_payload_bytes bounds every payload (incompressible values under zlib
+    included) and stays close to it: servers refuse anything larger unread (#16 finding 4)."""
+    template = OrderedDict(
+        [("m.lora_A.weight", torch.zeros(8, 32)), ("m.lora_B.weight", torch.zeros(32, 8))]
+    )
+    state = OrderedDict((k, torch.randn_like(v) * 1e3) for k, v in template.items())
+    pipe = Pipeline(items)
+    header = {"client": "c" * 128, "num_examples": 10**9, "metrics": {"loss": 1.0, "steps": 5.0}}
+    payload = pipe.encode(state, CodecContext(round=2**31, reference=template), header)
+    bound = pipe.max_payload_bytes(template)
+    assert len(payload) <= bound <= 8 * 4 * 512 + 70_000

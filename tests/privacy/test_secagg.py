@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
+import torch
 
 from fedfm.errors import ProtocolError
 from fedfm.privacy import shamir
@@ -325,3 +327,21 @@ def test_ring_inputs_pass_through_for_a_dp_layer():
     for c in clients.values():
         server.receive_unmask(c.unmask(request))
     assert np.array_equal(server.result(), expected / 2**16)
+
+
+def test_malformed_message_fields_are_protocol_errors():
+    """Found by the fuzzer (#16 finding 1): a non-uint8 tensor (TypeError) or a malformed
+    binary spec (KeyError) used to escape decode_message and stop a secure round."""
+    from safetensors.torch import save
+
+    def message(tensor: torch.Tensor, kind) -> bytes:
+        header = {"wire": "1", "secagg": {"fields": {}, "binary": {"x": kind}}}
+        return save({"x": tensor}, metadata={"fedfm": json.dumps(header)})
+
+    for payload in (
+        message(torch.zeros(2, dtype=torch.bfloat16), "bytes"),
+        message(torch.zeros(4, dtype=torch.uint8), {"a": 1}),
+        message(torch.zeros((2, 2), dtype=torch.uint8), ["<u4", [1]]),
+    ):
+        with pytest.raises(ProtocolError, match="secure-aggregation message: field 'x'"):
+            decode_message(payload)

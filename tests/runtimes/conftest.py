@@ -32,7 +32,7 @@ def certs(tmp_path_factory) -> Path:
 class Server:
     """A GrpcRuntime on an ephemeral loopback port, with a round driven from a thread."""
 
-    def __init__(self, tmp: Path, certs: Path, **settings) -> None:
+    def __init__(self, tmp: Path, certs: Path, upload_limits=None, **settings) -> None:
         tokens = tmp / "tokens.txt"
         tokens.write_text("".join(f"{c} {t}\n" for c, t in TOKENS.items()))
         self.tokens = tokens
@@ -60,6 +60,7 @@ class Server:
             stateful_downlink=False,
             min_clients=1,
             base=tmp,
+            upload_limits=upload_limits,
         )
         self.address = f"127.0.0.1:{self.runtime.port}"
         self.results: list[tuple[str, bytes | Exception]] = []

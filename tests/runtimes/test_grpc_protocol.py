@@ -18,8 +18,9 @@ from fedfm.config import ServerConfig
 from fedfm.errors import ConfigError, NetworkError
 from fedfm.runtimes.grpc import fedfm_pb2 as pb
 from fedfm.runtimes.grpc import fedfm_pb2_grpc as pb_grpc
-from fedfm.runtimes.grpc.auth import ClientRegistry, RateLimiter, read_tokens
+from fedfm.runtimes.grpc.auth import ClientRegistry, read_tokens
 from fedfm.runtimes.grpc.client import NetworkClient
+from fedfm.runtimes.grpc.guard import RateLimiter
 from fedfm.runtimes.grpc.protocol import VERSION
 from fedfm.runtimes.grpc.server import GrpcRuntime
 from fedfm.runtimes.grpc.store import ServerStore
@@ -42,14 +43,16 @@ def test_a_client_downloads_and_uploads_in_chunks_over_tls(server):
     assert client.upload(1, update, reply.chunk_size) == (True, "")
     results = server.wait_round()
     assert results == {"c0": update}
-    stored = server.store.stored_update(1, "c0")
-    assert stored == update  # durable before it reached the round loop
+    assert server.store.stored_update(1, "c0") is None  # not before the loop checked it
+    server.runtime.keep(1, "c0", update)  # what the loop does once it admitted the update
+    assert server.store.stored_update(1, "c0") == update  # durable, for a resume
 
 
 def test_wrong_token_unknown_client_and_wrong_version_are_refused(server):
-    with pytest.raises(NetworkError, match="wrong token"):
+    # the same answer for both: a caller cannot tell which client ids exist (#16 finding 7)
+    with pytest.raises(NetworkError, match="unknown client or wrong token"):
         server.client("c0", token="not-the-right-token").join()
-    with pytest.raises(NetworkError, match="unknown or revoked client 'mallory'"):
+    with pytest.raises(NetworkError, match="unknown client or wrong token"):
         server.client("mallory").join()
     channel = grpc.secure_channel(
         server.address,

@@ -15,6 +15,7 @@ import torch
 
 from fedfm.client.secure import secure_vector, secure_weight
 from fedfm.codecs import CodecContext, Pipeline, evaluation, peer_seed
+from fedfm.codecs.wire import validate_state
 from fedfm.data.tokens import TokenizedText
 from fedfm.errors import ProtocolError
 from fedfm.state import FitInstructions, State, Update
@@ -224,10 +225,15 @@ class ClientApp:
     def load_view(self, groups: dict[str, dict[str, torch.Tensor]]) -> None:
         """Reset the downlink reference and decoder memory to what up-to-date clients hold (the
         server's ``sync`` blob, for a process that missed rounds); uplink memory is kept."""
+        unknown = sorted(set(groups) - {"client.view", "client.view_memory", "client.meta"})
+        if unknown:
+            raise ProtocolError(f"sync payload holds unknown groups {unknown[:3]}")
         view = groups.get("client.view")
-        self.view = None if view is None else OrderedDict((n, view[n]) for n in self.template)
+        # Received bytes: the view must be the model's tensors (names, shapes, dtypes, finite).
+        view = None if view is None else validate_state(view, self.template)
+        view_round = read_view_round(groups, "client.meta")
+        self.view, self.view_round = view, view_round
         self.view_memory = dict(groups.get("client.view_memory", {}))
-        self.view_round = read_view_round(groups, "client.meta")
         self._decoded = None
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:

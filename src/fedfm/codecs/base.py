@@ -110,6 +110,13 @@ class Codec:
         """What encode returns for inputs of this layout (names, shapes, dtypes; meta tensors)."""
         return inputs
 
+    def max_layout(self, inputs: State) -> State:
+        """The largest layout encode may return for inputs of this layout (sizes bound uploads).
+
+        Default: :meth:`layout` (a codec whose output shrinks with what it records, such as a
+        kept rank, is at most its layout without a record)."""
+        return self.layout(inputs)
+
     def recorded_layout(self, inputs: State, header: dict[str, Any]) -> State:
         """The layout of encode's output given what encode recorded in ``ctx.header``.
 
@@ -223,6 +230,17 @@ class Pipeline:
         for codec, entry in zip(self.codecs, headers, strict=True):
             stages.append(codec.recorded_layout(stages[-1], entry))
         return stages
+
+    def max_payload_bytes(self, template: State) -> int:
+        """The largest payload this pipeline makes for states of ``template``'s layout: the
+        tensor bytes of the largest wire layout, plus room for the safetensors entries and the
+        JSON header (64 KiB + 256 bytes a tensor). Servers refuse larger uploads unread."""
+        layout = State((n, meta(t.shape, t.dtype)) for n, t in template.items())
+        for codec in self.codecs:
+            layout = codec.max_layout(layout)
+        data = sum(t.numel() * t.element_size() for t in layout.values())
+        names = sum(len(n.encode()) for n in (*template, *layout))
+        return 8 + data + (64 << 10) + 256 * (len(template) + len(layout)) + names
 
     def encode(self, state: State, ctx: CodecContext, header: dict[str, Any]) -> bytes:
         headers: list[dict[str, Any]] = [{} for _ in self.codecs]

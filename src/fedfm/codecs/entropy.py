@@ -53,6 +53,9 @@ class Zlib(Codec):
                 raise self.config_error(field, f"level must be 1 … 9, got {argument!r}")
             self.level = int(argument)
 
+    def max_layout(self, inputs: State) -> State:
+        return State({BLOB: meta((size_bound(raw_size(inputs)),), torch.uint8)})
+
     def recorded_layout(self, inputs: State, header: dict[str, Any]) -> State:
         size = header.get("bytes") if set(header) == {"bytes"} else None
         bound = size_bound(raw_size(inputs))

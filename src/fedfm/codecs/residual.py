@@ -50,7 +50,10 @@ class Residual(Codec):
         return prediction
 
     def _step(self, ctx: CodecContext) -> int:
-        return int(ctx.memory.get(STEP_KEY, torch.zeros(1, dtype=torch.int64)).item())
+        step = ctx.memory.get(STEP_KEY, torch.zeros(1, dtype=torch.int64))
+        if step.dtype != torch.int64 or step.shape != (1,):  # memory may come from a sync blob
+            raise ProtocolError(f"residual: memory {STEP_KEY!r} is not one int64 counter")
+        return int(step[0])
 
     def _remember(self, reconstructed: dict[str, torch.Tensor], ctx: CodecContext) -> None:
         """What both ends do with the receiver's reconstruction: the same code, the same bits."""

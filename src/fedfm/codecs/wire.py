@@ -6,6 +6,7 @@ Nothing on the wire is ever unpickled: safetensors holds raw tensor bytes plus a
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import torch
@@ -25,33 +26,86 @@ def pack(tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> bytes:
     return save({k: t.contiguous() for k, t in tensors.items()}, metadata=meta)
 
 
+# Bounds on what a header may hold: received JSON is parsed only within them, so a 5000-digit
+# integer, a NaN or a deeply nested list is a ProtocolError, never a ValueError or RecursionError.
+MAX_HEADER_BYTES = 1 << 20  # the safetensors JSON header, tensor entries included
+MAX_INT_DIGITS = 19  # |int| < 10**19: every field fits in 64 bits
+MAX_DEPTH = 16
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"integer of {len(text)} digits; at most {MAX_INT_DIGITS} are allowed")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:32]} is not finite")
+    return value
+
+
+def _no_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not allowed in a header")
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if level > MAX_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level)
+    return level
+
+
+def load_json(raw: str | bytes, what: str) -> Any:
+    """Received JSON with bounded integers, finite floats and bounded nesting, else ProtocolError."""
+    try:
+        value = json.loads(
+            raw,
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
+            parse_constant=_no_constant,
+        )
+        _depth(value)
+    except (ValueError, RecursionError, TypeError) as e:  # JSONDecodeError is a ValueError
+        raise ProtocolError(f"{what} is not allowed JSON: {str(e)[:200]}") from None
+    return value
+
+
 def unpack(
     payload: bytes, max_bytes: int = 1 << 34
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Parse a payload made by :func:`pack`; malformed or foreign bytes raise ProtocolError."""
     from safetensors.torch import load
 
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise ProtocolError(f"payload is a {type(payload).__name__}, not bytes")
     if len(payload) > max_bytes:
         raise ProtocolError(f"payload of {len(payload)} bytes exceeds the limit of {max_bytes}")
     if len(payload) < 8:
         raise ProtocolError(f"payload of {len(payload)} bytes is too short to be safetensors")
-    try:
-        tensors = load(payload)
-        header_len = int.from_bytes(payload[:8], "little")
-        meta = json.loads(payload[8 : 8 + header_len]).get("__metadata__", {})
-    except Exception as e:  # safetensors raises its own error types; never trust the bytes
-        raise ProtocolError(f"payload is not valid safetensors: {e}") from None
-    raw = meta.get(HEADER_KEY) if isinstance(meta, dict) else None
-    if raw is None:
-        raise ProtocolError("payload has no fedfm header")
-    try:
-        header = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ProtocolError(f"payload header is not JSON: {e}") from None
-    if not isinstance(header, dict) or header.get("wire") != WIRE_VERSION:
+    header_len = int.from_bytes(payload[:8], "little")
+    if header_len > min(MAX_HEADER_BYTES, len(payload) - 8):
         raise ProtocolError(
-            f"payload wire version {header.get('wire') if isinstance(header, dict) else None!r} is not {WIRE_VERSION!r}"
+            f"payload header length {header_len} is larger than the payload or the limit of "
+            f"{MAX_HEADER_BYTES} bytes"
         )
+    outer = load_json(bytes(payload[8 : 8 + header_len]), "payload's safetensors header")
+    meta = outer.get("__metadata__", {}) if isinstance(outer, dict) else None
+    raw = meta.get(HEADER_KEY) if isinstance(meta, dict) else None
+    if not isinstance(raw, str):
+        raise ProtocolError("payload has no fedfm header")
+    header = load_json(raw, "payload's fedfm header")
+    if not isinstance(header, dict) or header.get("wire") != WIRE_VERSION:
+        got = header.get("wire") if isinstance(header, dict) else None
+        raise ProtocolError(f"payload wire version {str(got)[:40]!r} is not {WIRE_VERSION!r}")
+    try:
+        tensors = load(bytes(payload))
+    except Exception as e:  # safetensors raises its own error types; never trust the bytes
+        raise ProtocolError(f"payload is not valid safetensors: {str(e)[:200]}") from None
     return tensors, header
 
 
@@ -110,9 +164,13 @@ def unpack_groups(blob: bytes) -> dict[str, dict[str, torch.Tensor]]:
     """Inverse of :func:`pack_groups`; a malformed blob is a :class:`ProtocolError`."""
     flat, header = unpack(blob)
     names = header.get("groups")
-    if header.get("kind") != "sync" or not isinstance(names, list):
+    if (
+        header.get("kind") != "sync"
+        or not isinstance(names, list)
+        or not all(isinstance(n, str) for n in names)
+    ):
         raise ProtocolError("malformed sync payload: its header is not a sync header")
-    groups: dict[str, dict[str, torch.Tensor]] = {str(n): {} for n in names}
+    groups: dict[str, dict[str, torch.Tensor]] = {n: {} for n in names}
     for key, t in flat.items():
         group, sep, name = key.partition("::")
         if not sep or group not in groups:

@@ -41,7 +41,7 @@ from fedfm.config.sections import (
     ServerConfig,
     TaskConfig,
 )
-from fedfm.config.security import AttackConfig, PrivacyConfig, SecAggConfig
+from fedfm.config.security import AttackConfig, LimitsConfig, PrivacyConfig, SecAggConfig
 from fedfm.config.toml import config_to_dict, config_to_toml
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "EvaluationConfig",
     "ExperimentConfig",
     "FederationConfig",
+    "LimitsConfig",
     "ModelConfig",
     "PartitionConfig",
     "PluginsConfig",

@@ -21,7 +21,7 @@ from fedfm.config.sections import (
     ServerConfig,
     TaskConfig,
 )
-from fedfm.config.security import AttackConfig, PrivacyConfig, SecAggConfig
+from fedfm.config.security import AttackConfig, LimitsConfig, PrivacyConfig, SecAggConfig
 
 # LoRA's default targets are BERT's attention names; Llama-style decoders call them these.
 CAUSAL_LM_LORA_TARGETS = ("q_proj", "v_proj")
@@ -97,6 +97,7 @@ class ExperimentConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
@@ -145,6 +146,7 @@ SECTIONS: dict[str, type] = {
     "privacy": PrivacyConfig,
     "secagg": SecAggConfig,
     "attack": AttackConfig,
+    "limits": LimitsConfig,
     "server": ServerConfig,
     "teacher": TeacherConfig,
     "warmup": WarmupConfig,

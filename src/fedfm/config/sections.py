@@ -7,6 +7,7 @@ sections live in :mod:`fedfm.config.experiment`.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -234,6 +235,17 @@ class CodecConfig:
             codecs.check_chain(getattr(self, direction), f"codec.{direction}")
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 maybe in brackets) is this machine only."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """``fedfm serve``: the network server (gRPC). Ignored by in-process runtimes."""
@@ -253,6 +265,12 @@ class ServerConfig:
     chunk_size: int = 1 << 20  # bytes per streamed chunk
     max_payload_mb: float = 4096.0  # largest accepted update
     max_requests_per_second: float = 50.0  # per client; excess calls are refused
+    max_requests_per_address: float = 200.0  # per peer IP, checked before any session
+    max_partial_mb: float = 1024.0  # all partial uploads together (memory and disk)
+    max_streams: int = 16  # Upload/Download streams under way; Join and Poll keep their threads
+    streams_per_address: int = 8  # of which from one peer IP
+    stream_idle_seconds: float = 30.0  # a stream silent this long is cancelled (5 s before auth)
+    stream_max_seconds: float = 900.0  # a stream older than this is cancelled
     linger: float = 10.0  # seconds the server stays up after the last round to tell clients
 
     def __post_init__(self) -> None:
@@ -280,6 +298,28 @@ class ServerConfig:
             "> 0",
         )
         check(self.linger >= 0, "server.linger", self.linger, "≥ 0 seconds")
+        for key in ("max_requests_per_address", "max_partial_mb", "stream_idle_seconds"):
+            check(getattr(self, key) > 0, f"server.{key}", getattr(self, key), "> 0")
+        check(
+            self.stream_max_seconds >= self.stream_idle_seconds,
+            "server.stream_max_seconds",
+            self.stream_max_seconds,
+            f"≥ server.stream_idle_seconds ({self.stream_idle_seconds:g})",
+        )
+        check(1 <= self.max_streams <= 1024, "server.max_streams", self.max_streams, "1 … 1024")
+        check(
+            1 <= self.streams_per_address <= self.max_streams,
+            "server.streams_per_address",
+            self.streams_per_address,
+            f"1 … server.max_streams ({self.max_streams})",
+        )
+        check(
+            self.tls or is_loopback(host),
+            "server.tls",
+            self.tls,
+            f"true, as server.address = {self.address!r} is not loopback (without TLS anyone on "
+            "the path reads and changes every update; `fedfm certs` makes certificates)",
+        )
 
 
 @dataclass(frozen=True)

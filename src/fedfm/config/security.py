@@ -1,7 +1,9 @@
-"""The sections of the threat model: differential privacy, secure aggregation and attacks."""
+"""The sections of the threat model: differential privacy, secure aggregation, attacks, and the
+limits every received update must stay within."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from fedfm.config.checks import check, check_choice, registry
@@ -106,3 +108,34 @@ class AttackConfig:
             self.poison_fraction,
             "0 < p ≤ 1",
         )
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """What the server accepts from one client, checked before an update is stored or aggregated.
+
+    A client states its own ``num_examples``, so without a cap one client can own the FedAvg
+    mean; ``max_client_weight`` caps the share of the round's example weight any one update
+    carries (the excess is spread over the others). ``max_abs_value`` refuses values no model
+    holds (3e38 would overflow the mean); ``max_update_norm`` bounds ‖update − the state the
+    client started from‖₂ (norm bounding, Sun et al. 2019), off by default.
+    """
+
+    max_examples: int = 10**9  # an update stating more examples is refused
+    max_client_weight: float = 1.0  # share of a round's example weight; 1 = no cap
+    max_update_norm: float = 0.0  # L2 norm of the update's change; 0 = no bound
+    max_abs_value: float = 1e6  # largest |value| of any tensor of an update; 0 = no bound
+
+    def __post_init__(self) -> None:
+        check(
+            1 <= self.max_examples <= 2**53, "limits.max_examples", self.max_examples, "1 … 2**53"
+        )
+        check(
+            0 < self.max_client_weight <= 1,
+            "limits.max_client_weight",
+            self.max_client_weight,
+            "0 < w ≤ 1 (1 = no cap)",
+        )
+        for key in ("max_update_norm", "max_abs_value"):
+            value = getattr(self, key)
+            check(value >= 0 and math.isfinite(value), f"limits.{key}", value, "≥ 0 (0 = no bound)")

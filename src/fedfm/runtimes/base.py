@@ -79,6 +79,10 @@ class Runtime:
         (cid, result), *_ = list(self.dispatch([task]))
         return cid, result, self._clock
 
+    def keep(self, rnd: int, client_id: str, payload: bytes) -> None:
+        """An upload the loop admitted (decoded and checked): a runtime that survives restarts
+        stores it here, never before, so a resume cannot replay a refused one."""
+
     def available(self, client_ids: list[str]) -> list[str]:
         """The clients that can be selected now (a network runtime: the connected ones)."""
         return list(client_ids)

@@ -95,7 +95,7 @@ class AsyncFederation(Federation):
             reference = views[start][1]
             try:
                 update = self._decode(start + 1, cid, result, template, reference)
-            except ProtocolError as e:
+            except Exception as e:  # ProtocolError, or a decoder bug: one client never stops us
                 self._reject(version + 1, cid, e)
                 continue
             staleness = version - start

@@ -1,12 +1,15 @@
 """Checkpoints after every round: global state, strategy state, client codec memory, progress.
 
-Written to a temporary folder and renamed into place, so a crash mid-write never leaves a
-half-written checkpoint; the last ``keep`` are kept. Read back with safetensors only.
+Written to a temporary folder, every file and the folder fsynced, then renamed into place (and
+the parent fsynced), so a crash or power loss never leaves a half-written checkpoint; the last
+``keep`` are kept. Read back with safetensors only; a newest checkpoint that cannot be read
+(a disk fault) is skipped with a warning for the one before it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -19,6 +22,17 @@ from fedfm.errors import ResumeError
 from fedfm.state import State
 
 CHECKPOINTS = "checkpoints"
+
+log = logging.getLogger(__name__)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's data and entry to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -52,8 +66,12 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint, keep: int = 2) -> Path:
     }
     save_file(memory, str(tmp / "memory.safetensors"))
     (tmp / "progress.json").write_text(json.dumps({"round": ckpt.round, **ckpt.progress}))
+    for file in tmp.iterdir():
+        _fsync(file)
+    _fsync(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    _fsync(root)
     for old in sorted(p for p in root.glob("round_*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -69,17 +87,23 @@ def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
         if root.is_dir()
         else []
     )
+    problems = []
     for path in candidates:
         try:
             progress = json.loads((path / "progress.json").read_text())
             state = load_file(str(path / "state.safetensors"))
             strategy = load_file(str(path / "strategy.safetensors"))
             flat = load_file(str(path / "memory.safetensors"))
+            int(progress["round"])
         except Exception as e:  # unreadable: try the one before
-            raise ResumeError(f"checkpoint {str(path)!r} cannot be read: {e}") from None
+            problems.append(f"{path.name}: {e}")
+            log.warning("checkpoint %s cannot be read (%s); trying the one before", path, e)
+            continue
         memory: dict[str, dict[str, torch.Tensor]] = {}
         for key, t in flat.items():
             group, _, name = key.partition("::")
             memory.setdefault(group, {})[name] = t
         return Checkpoint(int(progress.pop("round")), State(state), strategy, memory, progress)
+    if problems:
+        raise ResumeError(f"no checkpoint of {str(root)!r} can be read: {'; '.join(problems)}")
     return None

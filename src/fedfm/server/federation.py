@@ -20,9 +20,11 @@ from fedfm.client.app import ClientTask, read_view_round, view_meta
 from fedfm.client.secure import secure_round_metrics
 from fedfm.codecs import CodecContext, Pipeline, evaluation, peer_seed
 from fedfm.codecs.wire import pack_groups
+from fedfm.config import LimitsConfig
 from fedfm.errors import ConfigError, FedFMError, ProtocolError
 from fedfm.metrics.memory import peak_rss_mb
 from fedfm.metrics.sinks import Sink
+from fedfm.server import admission
 from fedfm.server.checkpoint import Checkpoint, save_checkpoint
 from fedfm.state import FitInstructions, State, Update, clone_state
 from fedfm.strategies.base import Strategy
@@ -51,6 +53,7 @@ class Federation:
         run_dir: Path | None = None,
         name: str = "run",
         dropout: float = 0.0,
+        limits: LimitsConfig | None = None,
     ) -> None:
         self.strategy = strategy
         self.runtime = runtime
@@ -67,6 +70,7 @@ class Federation:
         self.run_dir = run_dir
         self.name = name
         self.dropout = dropout
+        self.limits = limits or LimitsConfig()
         self.start_info: dict[str, Any] = {}  # extra fields of the sinks' start event
         self.rows: list[dict[str, Any]] = []
         self.totals: dict[str, Any] = {"bytes_up": 0, "bytes_down": 0, "seconds": 0.0}
@@ -137,10 +141,9 @@ class Federation:
                 self._reject(rnd, cid, result)
                 continue
             bytes_up += len(result)
-            try:
-                updates.append(self._decode(rnd, cid, result, template))
-            except ProtocolError as e:
-                self._reject(rnd, cid, e)
+            update = self._admit(rnd, cid, result, template)
+            if update is not None:
+                updates.append(update)
 
         # Aggregate in selection order, whatever order the network delivered them in: float sums
         # then do not depend on timing, and a network run reproduces the simulated one exactly.
@@ -148,9 +151,16 @@ class Federation:
         updates.sort(key=lambda u: order[u.client_id])
         strategy_metrics: dict[str, float] = {}
         secagg_down = 0
+        updates = admission.cap_weights(updates, self.limits.max_client_weight)
         if updates:
             self.strategy.dropped(rnd, dropped)
-            state = self.strategy.aggregate(rnd, state, updates)
+            aggregate = self.strategy.aggregate(rnd, state, updates)
+            if admission.finite_state(aggregate):
+                state = aggregate
+            else:  # never let one round's overflow poison every later one
+                log.error(
+                    "round %d: the aggregate is not finite; the global state is unchanged", rnd
+                )
             strategy_metrics = self.strategy.round_metrics()
             if "secagg_bytes_up" in strategy_metrics:  # under secure aggregation the uplink is
                 bytes_up = int(strategy_metrics["secagg_bytes_up"])  # the protocol's messages
@@ -338,27 +348,38 @@ class Federation:
 
         return pack
 
+    def _admit(self, rnd: int, cid: str, payload: bytes, template: State) -> Update | None:
+        """Decode and check one upload; a bad one is rejected and logged, never raised: the
+        round goes on. Only an admitted update is stored by the runtime (for a resume)."""
+        try:
+            update = self._decode(rnd, cid, payload, template)
+        except ProtocolError as e:
+            self._reject(rnd, cid, e)
+            return None
+        except Exception as e:  # a decoder bug must not let one client stop the server
+            log.debug("round %d: decoding client %s's upload failed", rnd, cid, exc_info=True)
+            self._reject(rnd, cid, ProtocolError(f"undecodable upload ({type(e).__name__}: {e})"))
+            return None
+        self.runtime.keep(rnd, cid, payload)
+        return update
+
     def _decode(
         self, rnd: int, cid: str, payload: bytes, template: State, reference: State | None = None
     ) -> Update:
         """Decode and validate one uplink payload; ``reference`` defaults to this round's view."""
-        memory = self.up_memory.setdefault(cid, {})
+        memory = dict(self.up_memory.get(cid, {}))  # kept only if the payload decodes
         view = self.client_view if reference is None else reference
         ctx = CodecContext(rnd, view, memory, peer_seed(self.seed, cid))
         new_state, header = self.up.decode(payload, ctx, template)
+        self.up_memory[cid] = memory  # decoded: the sender's encoder moved on alike
         if header.get("client") != cid:
             raise ProtocolError(
-                f"payload names client {header.get('client')!r}, it came from {cid!r}"
+                f"payload names client {str(header.get('client'))[:80]!r}, it came from {cid!r}"
             )
-        n = header.get("num_examples")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ProtocolError(f"payload num_examples = {n!r} is not a positive integer")
-        metrics = header.get("metrics") or {}
-        if not isinstance(metrics, dict) or not all(
-            isinstance(v, int | float) for v in metrics.values()
-        ):
-            raise ProtocolError("payload metrics are not a mapping of numbers")
-        return Update(cid, rnd, new_state, n, {k: float(v) for k, v in metrics.items()})
+        n = admission.check_examples(header.get("num_examples"), self.limits)
+        metrics = admission.check_metrics(header.get("metrics"))
+        admission.check_values(new_state, view, self.limits)
+        return Update(cid, rnd, new_state, n, metrics)
 
     def memory_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """The server's codec state, by group, for checkpoints."""

@@ -96,6 +96,7 @@ from fedfm.privacy.secagg.messages import (
     UNMASK_REQUEST,
     decode_message,
     encode_message,
+    max_message_bytes,
 )
 from fedfm.privacy.secagg.server import SecAggServer, resolve_threshold
 from fedfm.privacy.secagg.simulation import (
@@ -129,6 +130,7 @@ __all__ = [
     "decode_message",
     "encode_fixed_point",
     "encode_message",
+    "max_message_bytes",
     "expand_mask",
     "max_abs_value",
     "pairwise_mask_sum",

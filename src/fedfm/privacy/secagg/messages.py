@@ -11,6 +11,8 @@ import torch
 
 from fedfm.codecs.wire import pack, unpack
 from fedfm.errors import ProtocolError
+from fedfm.privacy.secagg.crypto import CIPHERTEXT_BYTES, KEY_BYTES
+from fedfm.privacy.shamir import SHARE_BYTES
 
 # Message types, one per arrow in the round table of the package docstring.
 KEYS, ROSTER, SHARES, FORWARDED = (
@@ -115,6 +117,10 @@ def decode_message(payload: bytes) -> dict[str, Any]:
         )
     message = dict(spec["fields"])
     for name, kind in binary.items():
+        if tensors[name].dtype != torch.uint8 or tensors[name].dim() != 1:
+            raise ProtocolError(
+                f"secure-aggregation message: field {name!r} is not a flat uint8 tensor"
+            )
         raw = tensors[name].numpy()
         if kind == "bytes":
             message[name] = raw.tobytes()
@@ -124,8 +130,20 @@ def decode_message(payload: bytes) -> dict[str, Any]:
             if dtype.str not in ("|u1", "<u4", "<u8"):
                 raise ValueError(f"dtype {dtype}")
             message[name] = np.frombuffer(raw.tobytes(), dtype).reshape(shape)
-        except (TypeError, ValueError, IndexError) as e:
+        except (TypeError, ValueError, IndexError, KeyError, OverflowError) as e:
             raise ProtocolError(
                 f"secure-aggregation message: field {name!r} is malformed: {e}"
             ) from None
     return message
+
+
+def max_message_bytes(stage: str, dimension: int, clients: int, modulus_bits: int) -> int:
+    """The largest message a client sends at ``stage`` ("keys", "shares", "masked", "unmask")
+    in a round of at most ``clients`` over vectors of ``dimension``: what a server accepts."""
+    body = {
+        "keys": 2 * KEY_BYTES,
+        "shares": clients * CIPHERTEXT_BYTES,
+        "masked": dimension * modulus_bits // 8,
+        "unmask": clients * SHARE_BYTES,
+    }[stage]
+    return body + (16 << 10) + 160 * clients  # the header: fields, ids (≤ 128 chars), entries

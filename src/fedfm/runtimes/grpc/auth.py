@@ -1,4 +1,4 @@
-"""Who may join: per-client tokens from ``[server] tokens_file``, optional mutual TLS, rate limits.
+"""Who may join: per-client tokens from ``[server] tokens_file`` and optional mutual TLS.
 
 The tokens file has one ``client_id token`` per line (``#`` starts a comment). It is re-read when
 it changes, so removing a line revokes that client: its next call is refused.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import hmac
 import re
 import threading
-import time
 from pathlib import Path
 
 from fedfm.errors import ConfigError
@@ -91,24 +90,3 @@ class ClientRegistry:
 
     def index(self, client_id: str) -> int:
         return self.order.index(client_id)
-
-
-class RateLimiter:
-    """A token bucket per key: ``rate`` calls per second, bursts of ``2·rate``."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.capacity = max(2.0, 2 * rate)
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, key: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            level, last = self._buckets.get(key, (self.capacity, now))
-            level = min(self.capacity, level + (now - last) * self.rate)
-            if level < 1:
-                self._buckets[key] = (level, now)
-                return False
-            self._buckets[key] = (level - 1, now)
-            return True

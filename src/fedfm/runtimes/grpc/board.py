@@ -53,6 +53,13 @@ class PartialUpload:
     total: int
     data: bytearray = field(default_factory=bytearray)
     chunks: int = 0
+    # Between streams the bytes so far wait on disk, not in memory (``spilled`` of them).
+    spilled: int = 0
+    streaming: bool = False  # a stream is appending to it now (one at a time)
+
+    @property
+    def received(self) -> int:
+        return len(self.data) if self.streaming else self.spilled
 
 
 class Board:
@@ -67,6 +74,7 @@ class Board:
         self.results: queue.Queue[tuple[str, int, str, bytes]] = queue.Queue()
         self.heard: dict[str, float] = {}
         self.sessions: dict[str, str] = {}  # session → client id
+        self.session_peers: dict[str, str] = {}  # session → the peer that joined with it
         self.finished = False
         self.told_done: set[str] = set()
         self.sync_bytes = 0  # sync blobs sent this round

@@ -1,4 +1,5 @@
-"""``fedfm certs DIR``: a throw-away certificate authority, server and client certificates.
+"""``fedfm certs DIR``: a throw-away certificate authority, server and client certificates; and
+the server's TLS credentials from ``[server]`` (:func:`server_credentials`).
 
 For trying the network runtime out; in production point ``[server] certificate``,
 ``private_key`` and ``root_certificate`` at certificates from your own PKI. Keys are EC P-256,
@@ -12,6 +13,9 @@ import ipaddress
 import os
 from pathlib import Path
 
+import grpc
+
+from fedfm.config import ServerConfig
 from fedfm.errors import ConfigError
 
 
@@ -109,3 +113,30 @@ def make_certs(
         written[f"{name}.pem"] = out / f"{name}.pem"
         written[f"{name}.key"] = out / f"{name}.key"
     return written
+
+
+def server_credentials(settings: ServerConfig, base: Path) -> grpc.ServerCredentials | None:
+    """TLS credentials from ``[server]`` (paths relative to ``base``), or None without TLS."""
+    if not settings.tls:
+        if settings.mutual_tls:
+            raise ConfigError("server.mutual_tls = true needs server.tls = true")
+        return None
+
+    def path(value: str, default: str, key: str) -> Path:
+        p = Path(value) if value else Path(settings.certs_dir) / default
+        p = p if p.is_absolute() else base / p
+        if not p.is_file():
+            raise ConfigError(
+                f"server.{key} = {str(p)!r} does not exist; create test certificates with "
+                f"`fedfm certs {settings.certs_dir}` or point server.{key} at yours"
+            )
+        return p
+
+    cert = path(settings.certificate, "server.pem", "certificate").read_bytes()
+    key = path(settings.private_key, "server.key", "private_key").read_bytes()
+    root = None
+    if settings.mutual_tls:
+        root = path(settings.root_certificate, "ca.pem", "root_certificate").read_bytes()
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=root, require_client_auth=settings.mutual_tls
+    )

@@ -18,10 +18,12 @@ from pathlib import Path
 import torch
 
 from fedfm import assemble
+from fedfm.codecs import evaluation
 from fedfm.compat import check_network
 from fedfm.config import ExperimentConfig, PluginsConfig, ServerConfig, config_to_toml
 from fedfm.metrics.sinks import ConsoleSink, Sink
 from fedfm.privacy.mechanisms import mechanism
+from fedfm.privacy.secagg import max_message_bytes
 from fedfm.rundir import RunResult, drive, open_run, resolve_config
 from fedfm.runtimes.base import RUNTIMES
 from fedfm.runtimes.grpc.auth import ClientRegistry
@@ -82,7 +84,7 @@ def serve(
     if mechanism(c).client_noise:  # clients add noise for σ as the server resolved it
         sigma = strategy.noise_multiplier
         client_privacy = replace(c.privacy, noise_multiplier=sigma, target_epsilon=0.0)
-    down, _ = assemble.pipelines(c)
+    down, up = assemble.pipelines(c)
     # What a joining client receives: the experiment without the server's own settings (its
     # [server] section, its aggregation rule and its plug-in modules, which clients never run).
     client_config = config_to_toml(
@@ -104,6 +106,7 @@ def serve(
         down.stateful,
         min_clients,
         base,
+        upload_limits(c, up, p.task.get_state(), len(clients.order)),
     )
     if ready is not None:
         ready(runtime.port)
@@ -116,6 +119,17 @@ def serve(
     finally:
         for sink in all_sinks:
             sink.close()
+
+
+def upload_limits(config, up, template, clients: int) -> dict[str, int]:
+    """The largest upload of each stage, from the model's layout and the codec chain (an update),
+    the protocol's message sizes (secure aggregation) and the evaluation answer's bound."""
+    limits = {"": up.max_payload_bytes(template), "evaluate": evaluation.MAX_RESULT_BYTES}
+    if config.secagg.enabled:
+        dimension = sum(t.numel() for t in template.values()) + 2  # + w·loss, w
+        for stage in ("keys", "shares", "masked", "unmask"):
+            limits[stage] = max_message_bytes(stage, dimension, clients, config.secagg.modulus_bits)
+    return limits
 
 
 def resolve_token_path(value: str, base: Path) -> Path:

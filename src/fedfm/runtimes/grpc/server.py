@@ -11,7 +11,7 @@ or replayed update is refused), its size, chunk offsets and count, its SHA-256. 
 with the client and reason and stored in ``server.sqlite``; the server keeps serving the others.
 
 Here: :class:`GrpcRuntime` (listening, round dispatch, secure dispatch, asynchronous rounds) and
-its TLS credentials. The RPCs are in :mod:`~fedfm.runtimes.grpc.servicer`, the upload checks in
+its TLS credentials (:func:`~fedfm.runtimes.grpc.certs.server_credentials`). The RPCs are in :mod:`~fedfm.runtimes.grpc.servicer`, the upload checks in
 :mod:`~fedfm.runtimes.grpc.uploads`, the shared state in :mod:`~fedfm.runtimes.grpc.board`.
 """
 
@@ -27,12 +27,13 @@ from pathlib import Path
 import grpc
 
 from fedfm.config import ServerConfig
-from fedfm.errors import ConfigError, NetworkError, ProtocolError
+from fedfm.errors import NetworkError, ProtocolError
 from fedfm.privacy.secagg import ABORT, decode_message, encode_message
 from fedfm.runtimes.base import Runtime, SecureRound
 from fedfm.runtimes.grpc import fedfm_pb2_grpc as pb_grpc
 from fedfm.runtimes.grpc.auth import ClientRegistry
 from fedfm.runtimes.grpc.board import Assignment, Board
+from fedfm.runtimes.grpc.certs import server_credentials
 from fedfm.runtimes.grpc.protocol import instructions_to_json, sha256
 from fedfm.runtimes.grpc.servicer import FedFMService
 from fedfm.runtimes.grpc.store import ServerStore
@@ -40,33 +41,7 @@ from fedfm.runtimes.grpc.store import ServerStore
 log = logging.getLogger(__name__)
 
 GRPC_OVERHEAD = 64 << 10  # room for the fields around a chunk's bytes
-
-
-def server_credentials(settings: ServerConfig, base: Path) -> grpc.ServerCredentials | None:
-    """TLS credentials from ``[server]`` (paths relative to ``base``), or None without TLS."""
-    if not settings.tls:
-        if settings.mutual_tls:
-            raise ConfigError("server.mutual_tls = true needs server.tls = true")
-        return None
-
-    def path(value: str, default: str, key: str) -> Path:
-        p = Path(value) if value else Path(settings.certs_dir) / default
-        p = p if p.is_absolute() else base / p
-        if not p.is_file():
-            raise ConfigError(
-                f"server.{key} = {str(p)!r} does not exist; create test certificates with "
-                f"`fedfm certs {settings.certs_dir}` or point server.{key} at yours"
-            )
-        return p
-
-    cert = path(settings.certificate, "server.pem", "certificate").read_bytes()
-    key = path(settings.private_key, "server.key", "private_key").read_bytes()
-    root = None
-    if settings.mutual_tls:
-        root = path(settings.root_certificate, "ca.pem", "root_certificate").read_bytes()
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=root, require_client_auth=settings.mutual_tls
-    )
+UNARY_WORKERS = 16  # threads no stream can take
 
 
 class GrpcRuntime(Runtime):
@@ -82,6 +57,7 @@ class GrpcRuntime(Runtime):
         stateful_downlink: bool,
         min_clients: int,
         base: Path = Path("."),
+        upload_limits: dict[str, int] | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -90,11 +66,22 @@ class GrpcRuntime(Runtime):
         self._started = False
         self.board = Board()
         self.service = FedFMService(
-            self.board, registry, store, settings, client_config, run_name, stateful_downlink
+            self.board,
+            registry,
+            store,
+            settings,
+            client_config,
+            run_name,
+            stateful_downlink,
+            upload_limits,
         )
         limit = settings.chunk_size + GRPC_OVERHEAD
+        # Streams take at most max_streams threads (the service's guard); the others are kept
+        # for Join, Poll and heartbeats. Calls beyond the queue are refused, not queued forever.
+        workers = settings.max_streams + UNARY_WORKERS
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=16),
+            futures.ThreadPoolExecutor(max_workers=workers),
+            maximum_concurrent_rpcs=4 * workers,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -149,6 +136,10 @@ class GrpcRuntime(Runtime):
                 log.info("waiting for clients: %d of %d connected", len(live), needed)
                 last_report = now
             time.sleep(0.2)
+
+    def keep(self, rnd: int, client_id: str, payload: bytes) -> None:
+        """An admitted update, stored durably so that a resumed server reuses it."""
+        self.store.save_update(rnd, client_id, payload)
 
     def take_extra_bytes(self) -> int:
         with self.board.lock:
@@ -236,7 +227,7 @@ class GrpcRuntime(Runtime):
     def _forget_uploads_before(self, rnd: int) -> None:
         with self.board.lock:
             for k in [k for k in self.board.uploads if k[1] < rnd]:
-                del self.board.uploads[k]
+                self.service.uploads.forget(k)
 
     def _fit_assignment(self, task, deadline: float, **secure) -> Assignment:
         return Assignment(
@@ -298,7 +289,9 @@ class GrpcRuntime(Runtime):
                     if message.get("type") == ABORT:
                         raise ProtocolError(f"the client left: {message.get('reason')}")
                     receive(message)
-                except (ProtocolError, NetworkError) as e:
+                except Exception as e:  # one client's message never stops the round
+                    if not isinstance(e, ProtocolError | NetworkError):
+                        e = ProtocolError(f"undecodable message ({type(e).__name__}: {e})")
                     log.warning(
                         "round %d: %s drops out of secure aggregation at stage %r: %s",
                         rnd,
@@ -393,5 +386,8 @@ class GrpcRuntime(Runtime):
                 if live <= self.board.told_done:
                     break
             time.sleep(0.1)
-        self.server.stop(grace=1.0).wait()
+        self.service.guard.close()
+        # bounded: a stuck handler must not keep a finished (or crashed) server alive
+        if not self.server.stop(grace=1.0).wait(timeout=10.0):
+            log.warning("the gRPC server did not stop within 10 s; leaving it to exit")
         self.store.close()

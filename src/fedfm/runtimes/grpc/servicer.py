@@ -1,7 +1,10 @@
 """The gRPC service the clients call: :class:`FedFMService`, one method per RPC.
 
-Every call is checked: protocol version, session, rate; refusals are logged with the client and
-reason and stored in ``server.sqlite``. Uploads are put together by
+Every call is checked: the caller's address rate first (before any session, so forged sessions
+cost the same), then protocol version, session and the client's rate; refusals are logged with
+the client and reason and stored in ``server.sqlite``. What goes back to an unauthenticated peer
+never says whether a client id exists. Streams are admitted and watched by
+:class:`~fedfm.runtimes.grpc.guard.StreamGuard`; uploads are put together by
 :class:`~fedfm.runtimes.grpc.uploads.Uploads`.
 """
 
@@ -17,8 +20,9 @@ import grpc
 from fedfm.config import ServerConfig
 from fedfm.runtimes.grpc import fedfm_pb2 as pb
 from fedfm.runtimes.grpc import fedfm_pb2_grpc as pb_grpc
-from fedfm.runtimes.grpc.auth import ClientRegistry, RateLimiter
+from fedfm.runtimes.grpc.auth import CLIENT_ID, ClientRegistry
 from fedfm.runtimes.grpc.board import Board
+from fedfm.runtimes.grpc.guard import RateLimiter, StreamGuard, peer_host
 from fedfm.runtimes.grpc.protocol import VERSION, chunks
 from fedfm.runtimes.grpc.store import ServerStore
 from fedfm.runtimes.grpc.uploads import Uploads
@@ -28,6 +32,9 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5  # how soon an idle client asks again
 # ... during a secure round, whose four stages each wait for every client's next poll
 SECURE_POLL_SECONDS = 0.1
+FIRST_MESSAGE_SECONDS = 5.0  # an unauthenticated stream must name its session this soon
+JOINS_PER_SECOND = 5.0  # per peer address
+MAX_LOGGED = 200  # characters of a peer's text that reach the log and the database
 
 
 class FedFMService(pb_grpc.FedFMServicer):
@@ -42,6 +49,7 @@ class FedFMService(pb_grpc.FedFMServicer):
         client_config: str,
         run_name: str,
         stateful_downlink: bool,
+        upload_limits: dict[str, int] | None = None,
     ) -> None:
         self.board = board
         self.registry = registry
@@ -51,13 +59,36 @@ class FedFMService(pb_grpc.FedFMServicer):
         self.run_name = run_name
         self.stateful_downlink = stateful_downlink
         self.limiter = RateLimiter(settings.max_requests_per_second)
-        self.uploads = Uploads(board, store, settings)
+        self.address_limiter = RateLimiter(settings.max_requests_per_address)
+        self.join_limiter = RateLimiter(JOINS_PER_SECOND)
+        self.uploads = Uploads(board, store, settings, upload_limits)
+        self.guard = StreamGuard(
+            settings.max_streams,
+            settings.streams_per_address,
+            settings.stream_idle_seconds,
+            FIRST_MESSAGE_SECONDS,
+            settings.stream_max_seconds,
+        )
 
     # helpers ---------------------------------------------------------------------------------
-    def _refuse(self, context, code, reason: str, client: str = "", rnd: int = 0):
+    def _refuse(self, context, code, reason: str, client: str = "", rnd: int = 0, public=None):
+        """Log and store ``reason``; the peer gets ``public`` (default: the reason itself)."""
+        client, reason = client[:MAX_LOGGED], reason[:MAX_LOGGED]
         log.warning("refused %s: %s", client or context.peer(), reason)
         self.store.event("refused", client, rnd, reason)
-        context.abort(code, reason)
+        context.abort(code, reason if public is None else public)
+
+    def _check_address(self, context) -> str:
+        """The caller's address, refused when it calls too often (before any other check)."""
+        host = peer_host(context.peer())
+        if not self.address_limiter.allow(host):
+            # not stored: a flood must not become a flood of database rows
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"more than {self.settings.max_requests_per_address:g} requests per second "
+                "from this address",
+            )
+        return host
 
     def _check_version(self, version: int, context) -> None:
         if version != VERSION:
@@ -68,7 +99,8 @@ class FedFMService(pb_grpc.FedFMServicer):
             )
 
     def _client(self, session: str, context) -> str:
-        """The client behind a session; refuses unknown sessions, revoked clients, floods."""
+        """The client behind a session; refuses floods, unknown sessions, revoked clients."""
+        self._check_address(context)
         with self.board.lock:
             cid = self.board.sessions.get(session)
         if cid is None:
@@ -96,10 +128,19 @@ class FedFMService(pb_grpc.FedFMServicer):
 
     # RPCs ------------------------------------------------------------------------------------
     def Join(self, request, context):
+        host = self._check_address(context)
         self._check_version(request.version, context)
         cid = request.client_id
-        if not self.limiter.allow(f"join:{context.peer()}"):
+        if not self.join_limiter.allow(host):
             self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many join attempts")
+        if not CLIENT_ID.match(cid):  # before the id reaches the log or the database
+            self._refuse(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"a client id of {len(cid)} characters that is not 1–128 letters, digits, "
+                "'_', '.' or '-'",
+            )
+        denied = "unknown client or wrong token"  # the same for both: ids cannot be probed
         if self.settings.mutual_tls:
             identity = self._tls_identity(context)
             if identity != cid:
@@ -111,15 +152,28 @@ class FedFMService(pb_grpc.FedFMServicer):
                 )
         reason = self.registry.check(cid, request.token)
         if reason is not None:
-            self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, reason, cid)
+            self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, reason, cid, public=denied)
         session = secrets.token_urlsafe(24)
+        peer = context.peer()
+        now = time.monotonic()
         with self.board.lock:
             for old in [s for s, c in self.board.sessions.items() if c == cid]:
+                old_peer = self.board.session_peers.pop(old, "")
+                live = now - self.board.heard.get(cid, -1e9) < self.settings.client_timeout
+                if live:
+                    log.warning(
+                        "client %s joined from %s while its session from %s was active: two "
+                        "processes may hold one token (each join ends the other's session)",
+                        cid,
+                        peer,
+                        old_peer,
+                    )
                 del self.board.sessions[old]  # a re-join replaces the old session
             self.board.sessions[session] = cid
-            self.board.heard[cid] = time.monotonic()
+            self.board.session_peers[session] = peer
+            self.board.heard[cid] = now
         self.store.client_joined(cid)
-        log.info("client %s joined from %s", cid, context.peer())
+        log.info("client %s joined from %s", cid, peer)
         return pb.JoinReply(
             version=VERSION,
             session=session,
@@ -167,6 +221,12 @@ class FedFMService(pb_grpc.FedFMServicer):
     def Download(self, request, context) -> Iterator:
         self._check_version(request.version, context)
         cid = self._client(request.session, context)
+        with self.guard.stream(context, peer_host(context.peer())) as (touch, busy):
+            if busy:
+                context.abort(grpc.StatusCode.UNAVAILABLE, busy)
+            yield from self._download(cid, request, context, touch)
+
+    def _download(self, cid, request, context, touch) -> Iterator:
         with self.board.lock:
             a = self.board.assignments.get(cid)
             if a is None or a.round != request.round or a.status != "open":
@@ -189,8 +249,8 @@ class FedFMService(pb_grpc.FedFMServicer):
                 self._refuse(
                     context,
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    f"download what = {request.what!r} in stage {a.stage or 'fit'!r}; allowed: "
-                    "'global' and 'sync' (fit), 'secagg' (secure aggregation)",
+                    f"download what = {request.what[:40]!r} in stage {a.stage or 'fit'!r}; "
+                    "allowed: 'global' and 'sync' (fit), 'secagg' (secure aggregation)",
                     cid,
                 )
         if request.offset > len(data):
@@ -201,6 +261,7 @@ class FedFMService(pb_grpc.FedFMServicer):
                 cid,
             )
         for offset, piece in chunks(data, self.settings.chunk_size, request.offset):
+            touch()
             yield pb.Chunk(
                 version=VERSION,
                 round=request.round,
@@ -211,6 +272,12 @@ class FedFMService(pb_grpc.FedFMServicer):
             )
 
     def Upload(self, request_iterator, context):
+        with self.guard.stream(context, peer_host(context.peer())) as (touch, busy):
+            if busy:
+                context.abort(grpc.StatusCode.UNAVAILABLE, busy)
+            return self._upload(request_iterator, context, touch)
+
+    def _upload(self, request_iterator, context, touch):
         board = self.board
         cid, upload, reason = None, None, None
         try:
@@ -218,16 +285,20 @@ class FedFMService(pb_grpc.FedFMServicer):
                 if cid is None:
                     self._check_version(chunk.version, context)
                     cid = self._client(chunk.session, context)
+                    touch(authenticated=True)
                     upload, reason = self.uploads.open(cid, chunk)
                     if reason:
                         break
                 elif chunk.session and board.sessions.get(chunk.session) != cid:
                     reason = "a chunk of another session inside one upload"
                     break
+                touch()
                 reason = self.uploads.append(upload, chunk)
                 if reason:
                     break
-        except grpc.RpcError:  # the client went away mid-stream: keep what arrived
+        except grpc.RpcError:  # the client went away mid-stream, or the guard cancelled it
+            if upload is not None:
+                self.uploads.suspend(cid, upload)
             return pb.UploadReply(version=VERSION, accepted=False)
         if cid is None:
             return pb.UploadReply(version=VERSION, accepted=False, reason="empty upload")
@@ -243,5 +314,5 @@ class FedFMService(pb_grpc.FedFMServicer):
             if (cid, request.round, request.stage) in self.board.accepted:
                 return pb.UploadReply(version=VERSION, accepted=True)
             up = self.board.uploads.get((cid, request.round, request.sha256))
-            received = len(up.data) if up else 0
+            received = up.received if up else 0
         return pb.UploadReply(version=VERSION, accepted=False, received=received)

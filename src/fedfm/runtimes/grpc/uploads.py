@@ -1,11 +1,17 @@
 """Chunked uploads: each checked against the client's open work and the limits (round, stage,
 declared size, chunk offsets, sizes and count, SHA-256), kept while partial so a client can
 resume, and posted to the round loop once complete. Refusals are logged and stored.
+
+Memory is bounded: the largest upload of each stage is derived from the model and the codec
+chain (``limits``, see :meth:`fedfm.codecs.Pipeline.max_payload_bytes`), the bytes of every
+partial upload together are capped (``server.max_partial_mb``), and a partial upload whose
+stream ended waits on disk (``<run_dir>/partial/``), not in memory, until its client resumes.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from fedfm.config import ServerConfig
 from fedfm.runtimes.grpc import fedfm_pb2 as pb
@@ -19,11 +25,37 @@ log = logging.getLogger(__name__)
 class Uploads:
     """The upload steps of the service: open, append a chunk, reject, complete."""
 
-    def __init__(self, board: Board, store: ServerStore, settings: ServerConfig) -> None:
+    def __init__(
+        self,
+        board: Board,
+        store: ServerStore,
+        settings: ServerConfig,
+        limits: dict[str, int] | None = None,
+    ) -> None:
         self.board = board
         self.store = store
         self.settings = settings
         self.max_payload = int(settings.max_payload_mb * (1 << 20))
+        self.limits = limits or {}  # stage → largest acceptable upload (bytes)
+        self.max_partial = int(settings.max_partial_mb * (1 << 20))
+        self.spill_dir = Path(store.run_dir) / "partial"
+
+    def limit(self, stage: str) -> int:
+        """The largest upload accepted for ``stage``: the model's bound, within max_payload_mb."""
+        return min(self.max_payload, self.limits.get(stage, self.max_payload))
+
+    def _spill_path(self, cid: str, up: PartialUpload) -> Path:
+        return self.spill_dir / f"{cid}.{up.round}.{up.sha}.part"
+
+    def partial_bytes(self) -> int:
+        """Bytes of every partial upload, in memory or on disk (call under the board's lock)."""
+        return sum(u.received for u in self.board.uploads.values())
+
+    def forget(self, key: tuple[str, int, str]) -> None:
+        """Drop one partial upload and its file (call under the board's lock)."""
+        up = self.board.uploads.pop(key, None)
+        if up is not None:
+            self._spill_path(key[0], up).unlink(missing_ok=True)
 
     def open(self, cid: str, chunk) -> tuple[PartialUpload | None, str | None]:
         """Start or resume an upload at its first chunk: ``(upload, None)`` or ``(None, reason)``."""
@@ -39,21 +71,34 @@ class Uploads:
                     f"round {chunk.round}: an upload for stage {chunk.stage or 'fit'!r}, the "
                     f"server waits for {a.stage or 'fit'!r}"
                 )
-            if chunk.total_size < 1 or chunk.total_size > self.max_payload:
+            limit = self.limit(chunk.stage)
+            if chunk.total_size < 1 or chunk.total_size > limit:
                 return None, (
-                    f"declared size {chunk.total_size} bytes is outside 1 … {self.max_payload}"
+                    f"declared size {chunk.total_size} bytes is outside 1 … {limit} (the "
+                    f"largest {chunk.stage or 'update'} this model and codec chain produce)"
                 )
-            if len(chunk.sha256) != 64:
+            if len(chunk.sha256) != 64 or any(c not in "0123456789abcdef" for c in chunk.sha256):
                 return None, "the upload's sha256 is missing or malformed"
+            if any(u.streaming for k, u in board.uploads.items() if k[0] == cid):
+                return None, "another upload stream of this client is under way"
             key = (cid, chunk.round, chunk.sha256)
             up = board.uploads.get(key)
             if up is None or up.total != chunk.total_size:
                 # a fresh upload replaces any other partial one of this client and round
                 for k in [k for k in board.uploads if k[:2] == (cid, chunk.round)]:
-                    del board.uploads[k]
+                    self.forget(k)
                 up = board.uploads[key] = PartialUpload(
                     chunk.round, chunk.stage, chunk.sha256, chunk.total_size
                 )
+            if up.spilled:  # resume: the bytes so far come back from disk
+                path = self._spill_path(cid, up)
+                try:
+                    up.data = bytearray(path.read_bytes()[: up.spilled])
+                except OSError:
+                    up.data = bytearray()
+                path.unlink(missing_ok=True)
+                up.spilled = 0
+            up.streaming = True
             return up, None
 
     def append(self, up: PartialUpload, chunk) -> str | None:
@@ -67,6 +112,12 @@ class Uploads:
             return f"chunk of {len(chunk.data)} bytes; allowed 1 … {self.settings.chunk_size}"
         if len(up.data) + len(chunk.data) > up.total:
             return f"chunks exceed the declared size of {up.total} bytes"
+        with self.board.lock:
+            if self.partial_bytes() + len(chunk.data) > self.max_partial:
+                return (
+                    f"the server holds {self.max_partial} bytes of partial uploads "
+                    "(server.max_partial_mb); try again later"
+                )
         up.chunks += 1
         if up.chunks > max_chunks(up.total, 1024) + 1:
             return "too many chunks"
@@ -80,12 +131,12 @@ class Uploads:
         self.store.event("upload_refused", cid, rnd, reason)
         if up is not None:
             with self.board.lock:
-                self.board.uploads.pop((cid, up.round, up.sha), None)
+                self.forget((cid, up.round, up.sha))
 
     def complete(self, cid: str, up: PartialUpload):
         """The reply once the stream ends: accepted (posted to the round loop), partial or refused."""
         if len(up.data) < up.total:  # the stream ended early: the client may resume
-            return pb.UploadReply(version=VERSION, accepted=False, received=len(up.data))
+            return pb.UploadReply(version=VERSION, accepted=False, received=self.suspend(cid, up))
         payload = bytes(up.data)
         if sha256(payload) != up.sha:
             reason = "the payload's sha256 does not match (corrupted in transit)"
@@ -95,13 +146,30 @@ class Uploads:
             a = self.board.assignments.get(cid)
             if a is None or a.round != up.round or a.status != "open" or a.stage != up.stage:
                 reason = f"round {up.round} closed before the upload completed (late)"
-                self.board.uploads.pop((cid, up.round, up.sha), None)
+                self.forget((cid, up.round, up.sha))
                 self.store.event("late", cid, up.round, reason)
                 return pb.UploadReply(version=VERSION, accepted=False, reason=reason)
             a.status = "received"
             self.board.accepted.add((cid, up.round, up.stage))
-            self.board.uploads.pop((cid, up.round, up.sha), None)
-        if not up.stage:  # a masked input is worthless once its protocol instance is gone
-            self.store.save_update(up.round, cid, payload)
+            self.forget((cid, up.round, up.sha))
+        # Stored only once the round loop has decoded and checked it (GrpcRuntime.keep).
         self.board.results.put((cid, up.round, up.stage, payload))
         return pb.UploadReply(version=VERSION, accepted=True, received=len(payload))
+
+    def suspend(self, cid: str, up: PartialUpload) -> int:
+        """The stream of ``up`` ended before its last byte: move what arrived to disk (memory is
+        freed now; the client may resume). Returns the bytes kept."""
+        with self.board.lock:
+            if self.board.uploads.get((cid, up.round, up.sha)) is not up:
+                return 0  # replaced or forgotten meanwhile
+            data, up.data = bytes(up.data), bytearray()
+            up.streaming = False
+            if data:
+                try:
+                    self.spill_dir.mkdir(parents=True, exist_ok=True)
+                    self._spill_path(cid, up).write_bytes(data)
+                except OSError as e:
+                    log.warning("cannot keep a partial upload of %s on disk: %s", cid, e)
+                    data = b""
+            up.spilled = len(data)
+            return up.spilled
