@@ -9,7 +9,8 @@ from pathlib import Path
 
 from fedfm.assemble import split
 from fedfm.bench import bench
-from fedfm.config import config_to_toml, load_config
+from fedfm.config import config_to_toml, load_config, resolve_path
+from fedfm.data.table import require_file
 from fedfm.errors import FedFMError
 from fedfm.experiment import run
 from fedfm.fm4fl.synthetic import verified
@@ -41,7 +42,11 @@ def cmd_run(args) -> int:
 
 def cmd_config(args) -> int:
 
-    sys.stdout.write(config_to_toml(load_config(args.config, args.overrides)))
+    config = load_config(args.config, args.overrides)
+    for field in ("train", "test"):  # a config that cannot run is not a good template
+        if getattr(config.data, field):
+            require_file(resolve_path(getattr(config.data, field)), f"data.{field}")
+    sys.stdout.write(config_to_toml(config))
     return 0
 
 

@@ -220,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rebuild report.html (and plots/) from a run directory's metrics.jsonl and summary.json.",
     )
     rep.add_argument("run_dir", help="a run directory written by `fedfm run`")
+    for command in sub.choices.values():  # `fedfm run --debug` as well as `fedfm --debug run`
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return parser
 
 
