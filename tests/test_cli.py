@@ -17,7 +17,7 @@ from fedfm.errors import ConfigError
         (["report"], ["run_dir"]),
         (["serve"], ["--address", "--resume", "--out", "tokens_file"]),
         (["join"], ["--token", "--data", "--ca", "--cert", "--key", "--insecure", "--client-id"]),
-        (["certs"], ["--host", "--client", "--days"]),
+        (["certs"], ["--host", "--client", "--days", "--force"]),
     ],
 )
 def test_help_is_complete(capsys, argv, expected):
@@ -129,3 +129,14 @@ def test_debug_is_accepted_before_or_after_the_command(capsys, where):
         main(argv)  # --debug: the exception (and its traceback) instead of one line
     assert main(argv[1:] if where == "before" else argv[:-1]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_certs_refuses_to_replace_an_existing_ca_without_force(capsys, tmp_path):
+    assert main(["certs", str(tmp_path)]) == 0
+    ca = (tmp_path / "ca.pem").read_bytes()
+    assert main(["certs", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ca.pem' exists" in err and "--force" in err
+    assert (tmp_path / "ca.pem").read_bytes() == ca  # untouched
+    assert main(["certs", str(tmp_path), "--force"]) == 0
+    assert (tmp_path / "ca.pem").read_bytes() != ca

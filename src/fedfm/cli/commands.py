@@ -213,7 +213,7 @@ def cmd_join(args) -> int:
 def cmd_certs(args) -> int:
 
     hosts = tuple(args.host) or ("localhost", "127.0.0.1")
-    written = make_certs(args.dir, hosts, tuple(args.client), args.days)
+    written = make_certs(args.dir, hosts, tuple(args.client), args.days, force=args.force)
     for name, path in written.items():
         print(f"{name:>16}  {path}")
     return 0

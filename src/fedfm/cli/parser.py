@@ -184,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--client", action="append", default=[], help="also issue a client certificate (repeatable)"
     )
     certs.add_argument("--days", type=int, default=365, help="validity in days (default: 365)")
+    certs.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing CA in DIR (every certificate it signed stops working)",
+    )
 
     gen = sub.add_parser(
         "generate",
