@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 
 from fedfm.cli import commands
@@ -44,8 +45,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"fedfm: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("fedfm: interrupted; continue with `fedfm run --resume RUN_DIR`", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        run_dir = getattr(e, "run_dir", None)
+        if run_dir is None:
+            print("fedfm: interrupted", file=sys.stderr)
+        else:
+            command = "serve" if args.command == "serve" else "run"
+            print(
+                f"fedfm: interrupted; run directory {run_dir}; continue with "
+                f"`fedfm {command} --resume {shlex.quote(str(run_dir))}`",
+                file=sys.stderr,
+            )
         return 130
 
 

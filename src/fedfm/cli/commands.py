@@ -142,6 +142,11 @@ def print_result(result) -> None:
 
     s = result.summary
     console = Console()
+    if result.already_finished:
+        console.print(
+            f"{result.run_dir} already finished its {s['rounds']} rounds; nothing to do "
+            "(--set federation.rounds=N with a larger N continues it)"
+        )
     console.print(
         f"final test accuracy [bold]{s['final_accuracy']:.4f}[/bold] on {s['test_rows']} rows · "
         f"{s['total_seconds']:.1f} s · peak RSS {s['peak_rss_mb']:.0f} MB · "
