@@ -11,13 +11,15 @@ from fedfm.errors import ConfigError
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        ([], ["run", "config", "report", "examples:"]),
+        ([], ["run", "config", "report", "predict", "export", "examples:"]),
         (["run"], ["--set", "--out", "--resume", "--quiet", "SECTION.KEY=VALUE"]),
         (["config"], ["--set"]),
         (["report"], ["run_dir"]),
         (["serve"], ["--address", "--resume", "--out", "tokens_file"]),
         (["join"], ["--token", "--data", "--ca", "--cert", "--key", "--insecure", "--client-id"]),
         (["certs"], ["--host", "--client", "--days", "--force"]),
+        (["predict"], ["run_dir", "--text", "--file"]),
+        (["export"], ["run_dir", "--merged", "trust_remote_code"]),
     ],
 )
 def test_help_is_complete(capsys, argv, expected):

@@ -35,6 +35,7 @@ from fedfm.errors import ResumeError
 from fedfm.metrics.memory import peak_rss_mb
 from fedfm.metrics.report import write_report
 from fedfm.metrics.sinks import JsonlSink, Sink
+from fedfm.modelcard import write_model_card
 from fedfm.prepared import Prepared
 from fedfm.privacy.audit import membership_auc
 from fedfm.server.checkpoint import Checkpoint, latest_checkpoint
@@ -211,6 +212,8 @@ def finish(
     """Write ``summary.json`` and the report; tell the sinks the run ended."""
     summary["peak_rss_mb"] = round(peak_rss_mb(), 1)
     summary.update(provenance())
+    if "export_dir" in summary:
+        write_model_card(Path(summary["export_dir"]), load_config(run_dir / "config.toml"), summary)
     write_json(run_dir / "summary.json", summary)
     write_report(run_dir, (run_dir / "config.toml").read_text(), rows, summary)
     for sink in sinks:

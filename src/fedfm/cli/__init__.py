@@ -1,5 +1,5 @@
-"""The ``fedfm`` command line: ``fedfm run | config | report | generate | synthesize | bench |
-serve | join | certs``.
+"""The ``fedfm`` command line: ``fedfm run | config | report | predict | export | generate |
+synthesize | bench | serve | join | certs``.
 
 Errors of the FedFMError hierarchy print one line and exit with code 2; ``--debug`` shows the
 traceback.
@@ -19,6 +19,8 @@ COMMANDS = {
     "run": commands.cmd_run,
     "config": commands.cmd_config,
     "report": commands.cmd_report,
+    "predict": commands.cmd_predict,
+    "export": commands.cmd_export,
     "generate": commands.cmd_generate,
     "synthesize": commands.cmd_synthesize,
     "bench": commands.cmd_bench,

@@ -14,8 +14,10 @@ from fedfm.data.table import require_file
 from fedfm.errors import FedFMError
 from fedfm.experiment import run
 from fedfm.fm4fl.synthetic import verified
+from fedfm.merged import export_merged
 from fedfm.metrics.report import write_report
 from fedfm.plugins import load_modules
+from fedfm.predict import predict
 from fedfm.runtimes.grpc.certs import make_certs
 from fedfm.runtimes.grpc.client import NetworkClient
 from fedfm.runtimes.grpc.serve import serve
@@ -64,6 +66,33 @@ def cmd_report(args) -> int:
     summary = json.loads((run_dir / "summary.json").read_text())
     path = write_report(run_dir, (run_dir / "config.toml").read_text(), rows, summary)
     print(path)
+    return 0
+
+
+def cmd_predict(args) -> int:
+
+    texts = list(args.text)
+    if args.file is not None:
+        if args.file == "-":
+            texts += sys.stdin.read().splitlines()
+        else:
+            path = Path(args.file)
+            if not path.is_file():
+                raise FedFMError(f"--file {args.file!r}: the file does not exist")
+            try:
+                texts += path.read_text(encoding="utf-8").splitlines()
+            except UnicodeDecodeError:
+                raise FedFMError(f"--file {args.file!r} is not UTF-8 text") from None
+    if not texts:
+        raise FedFMError("nothing to label: give --text TEXT (repeatable) or --file FILE")
+    for label in predict(args.run_dir, texts):
+        print(label)
+    return 0
+
+
+def cmd_export(args) -> int:
+
+    print(export_merged(args.run_dir, args.merged))
     return 0
 
 

@@ -14,6 +14,8 @@ EPILOG = """examples:
   fedfm run --resume runs/agnews-lora        continue an interrupted run
   fedfm config > my.toml                     the default config, every key, to edit
   fedfm report runs/agnews-lora              rebuild report.html from a run directory
+  fedfm predict runs/agnews-lora --text "Stocks rallied."   one label per line
+  fedfm export runs/agnews-lora --merged my-model   a folder transformers.pipeline() loads
   fedfm run configs/agnews_instruct.toml     federated instruction tuning of SmolLM2 (causal LM)
   fedfm generate runs/agnews-instruct --prompt "Which topic is ...?"   answer with a tuned LM
   fedfm synthesize configs/fm4fl_gptfl.toml  GPT-FL data: generate, verify, write for review
@@ -218,6 +220,28 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("config", nargs="?", help="experiment config (TOML); omit for the default")
     add_overrides(syn)
     syn.add_argument("--out", default="synthetic", help="output folder (default: synthetic)")
+
+    pred = sub.add_parser(
+        "predict",
+        help="label texts with a finished classification run's model",
+        description="Load a run's exported classifier and print one label per line for each "
+        "text (--text, repeatable) or each line of a file (--file; '-' reads standard input).",
+    )
+    pred.add_argument("run_dir", help="a finished classification run directory")
+    pred.add_argument("--text", action="append", default=[], help="a text to label (repeatable)")
+    pred.add_argument("--file", help="a UTF-8 text file: one text per line")
+
+    exp = sub.add_parser(
+        "export",
+        help="write a finished run's model as one transformers folder, the adapter merged",
+        description="Merge the run's adapter into the base model's weights and write a "
+        "standard transformers folder to OUT: for classification, load it with "
+        "pipeline('text-classification', model=OUT, trust_remote_code=True) (the mean-pooling "
+        "head ships as modeling code in OUT); for causal_lm, pipeline('text-generation', "
+        "model=OUT).",
+    )
+    exp.add_argument("run_dir", help="a finished run directory")
+    exp.add_argument("--merged", required=True, metavar="OUT", help="a new output folder")
 
     rep = sub.add_parser(
         "report",

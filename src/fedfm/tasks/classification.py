@@ -40,7 +40,19 @@ class TextClassifier(nn.Module):
         self.prefix_tokens = prefix_tokens  # positions a soft prompt prepends to the output
         self.head = nn.Linear(hidden_size, num_labels)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits ``(batch, num_labels)``; takes what a HF tokenizer returns:
+        ``model(**tokenizer(texts, padding=True, return_tensors="pt"))``.
+
+        ``token_type_ids`` are accepted and not used: fedfm trains on single texts, whose type
+        ids are all 0, the encoder's default (and a soft prompt has no type ids to prepend)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         hidden = hidden[:, self.prefix_tokens :]  # (batch, tokens, hidden)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
