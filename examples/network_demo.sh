@@ -7,7 +7,7 @@ FEDFM=${FEDFM:-$(pwd)/.venv/bin/fedfm}
 PY=${PY:-$(pwd)/.venv/bin/python}
 CONFIG=$(pwd)/configs/network.toml
 mkdir -p demo-network && cd demo-network
-"$FEDFM" certs certs > /dev/null
+"$FEDFM" certs certs --force > /dev/null  # a throw-away CA, new on every demo run
 "$PY" -c "from fedfm.config import load_config; from fedfm.data.split import write_client_files; \
 print(*write_client_files(load_config('$CONFIG'), 'clients').values())"
 for c in c0 c1 c2; do echo "$c $("$PY" -c 'import secrets; print(secrets.token_hex(24))')"; done > tokens.txt

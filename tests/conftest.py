@@ -54,6 +54,17 @@ def tiny_config_module():
     return make
 
 
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """A finished tiny run that learnt (3 rounds of 10 local steps: about 0.64 accuracy), shared
+    by the tests of what a run directory is used for: copy it before changing it."""
+    import fedfm
+    from fedfm.config import load_config
+
+    config = load_config(None, [*TINY, "federation.rounds=3", "federation.local_steps=10"])
+    return fedfm.run(config, out=tmp_path_factory.mktemp("runs")).run_dir
+
+
 # ---- a tiny generative LM with SmolLM2's tokenizer (causal-LM task, generative teachers) ----
 
 

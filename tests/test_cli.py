@@ -5,18 +5,21 @@ from __future__ import annotations
 import pytest
 
 from fedfm.cli import main
+from fedfm.errors import ConfigError
 
 
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        ([], ["run", "config", "report", "examples:"]),
+        ([], ["run", "config", "report", "predict", "export", "examples:"]),
         (["run"], ["--set", "--out", "--resume", "--quiet", "SECTION.KEY=VALUE"]),
         (["config"], ["--set"]),
         (["report"], ["run_dir"]),
         (["serve"], ["--address", "--resume", "--out", "tokens_file"]),
         (["join"], ["--token", "--data", "--ca", "--cert", "--key", "--insecure", "--client-id"]),
-        (["certs"], ["--host", "--client", "--days"]),
+        (["certs"], ["--host", "--client", "--days", "--force"]),
+        (["predict"], ["run_dir", "--text", "--file"]),
+        (["export"], ["run_dir", "--merged", "trust_remote_code"]),
     ],
 )
 def test_help_is_complete(capsys, argv, expected):
@@ -110,3 +113,32 @@ def test_certs_writes_a_ca_server_and_client_certificates(tmp_path):
     assert (tmp_path / "server.key").stat().st_mode & 0o077 == 0  # private keys: owner only
     cert = x509.load_pem_x509_certificate((tmp_path / "c0.pem").read_bytes())
     assert "CN=c0" in cert.subject.rfc4514_string()
+
+
+@pytest.mark.parametrize("field", ["train", "test"])
+def test_config_refuses_a_missing_data_file(capsys, tmp_path, field):
+    missing = tmp_path / "nope.csv"
+    assert main(["config", "--set", f"data.{field}={missing}"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"fedfm: error: data.{field} = {str(missing)!r}: the file does not exist\n"
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_is_accepted_before_or_after_the_command(capsys, where):
+    argv = ["config", "--set", "federation.roundz=3"]
+    argv = ["--debug", *argv] if where == "before" else [*argv, "--debug"]
+    with pytest.raises(ConfigError, match="unknown key federation.roundz"):
+        main(argv)  # --debug: the exception (and its traceback) instead of one line
+    assert main(argv[1:] if where == "before" else argv[:-1]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_certs_refuses_to_replace_an_existing_ca_without_force(capsys, tmp_path):
+    assert main(["certs", str(tmp_path)]) == 0
+    ca = (tmp_path / "ca.pem").read_bytes()
+    assert main(["certs", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ca.pem' exists" in err and "--force" in err
+    assert (tmp_path / "ca.pem").read_bytes() == ca  # untouched
+    assert main(["certs", str(tmp_path), "--force"]) == 0
+    assert (tmp_path / "ca.pem").read_bytes() != ca

@@ -59,7 +59,8 @@ def test_resolved_toml_round_trips(tmp_path):
     [
         (
             ["federation.roundz=3"],
-            "unknown key federation.roundz; allowed keys in [federation]: mode, rounds",
+            "unknown key federation.roundz (did you mean federation.rounds?); "
+            "allowed keys in [federation]: mode, rounds",
         ),
         (
             ["federation.rounds='three'"],
@@ -76,7 +77,8 @@ def test_resolved_toml_round_trips(tmp_path):
         ),
         (
             ["method.type=dora"],
-            "method.type = 'dora' is not a known method; allowed: adapter, full, head, lora, prompt",
+            "method.type = 'dora' is not a known method (did you mean 'lora'?); "
+            "allowed: adapter, full, head, lora, prompt",
         ),
         (
             ["method.num_virtual_tokens=3"],
@@ -103,6 +105,29 @@ def test_bad_config_names_key_value_and_allowed(overrides, message):
     with pytest.raises(ConfigError) as info:
         load_config(None, overrides)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "suggestion"),
+    [
+        ("federation.local_step=3", "(did you mean federation.local_steps?)"),
+        ("federaton.rounds=3", "'federaton' (did you mean federation?)"),
+        ("method.type=lorra", "'lorra' is not a known method (did you mean 'lora'?)"),
+        ("strategy.name=fedprx", "(did you mean 'fedprox'?)"),
+        ("data.text_colum=body", "(did you mean data.text_column?)"),
+    ],
+)
+def test_a_mistyped_name_suggests_the_closest_valid_one(override, suggestion):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert suggestion in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_no_suggestion_when_nothing_is_close():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["federation.zzzzzz=1"])
+    assert "did you mean" not in str(info.value)
 
 
 def test_missing_and_invalid_files(tmp_path):

@@ -8,6 +8,7 @@ The public API::
     cfg = fedfm.load_config(None, ["federation.rounds=3"])
     result = fedfm.run(cfg, out="runs")
     result.final_accuracy, result.summary, result.metrics, result.run_dir
+    fedfm.predict(result.run_dir, ["Stocks rallied on Friday."])   # one label per text
 """
 
 import os as _os
@@ -28,6 +29,7 @@ from fedfm.errors import (
     TrainingError,
 )
 from fedfm.experiment import RunResult, run
+from fedfm.predict import predict
 
 __all__ = [
     "ConfigError",
@@ -40,5 +42,6 @@ __all__ = [
     "RunResult",
     "TrainingError",
     "load_config",
+    "predict",
     "run",
 ]

@@ -22,7 +22,15 @@ from fedfm.config import ExperimentConfig
 from fedfm.errors import ResumeError
 from fedfm.metrics.sinks import ConsoleSink, JsonlSink, Sink
 from fedfm.prepared import Prepared
-from fedfm.rundir import RunResult, drive, finish, open_run, resolve_config, summary_base
+from fedfm.rundir import (
+    RunResult,
+    drive,
+    finish,
+    finished_run,
+    open_run,
+    resolve_config,
+    summary_base,
+)
 from fedfm.runtimes import RUNTIMES
 from fedfm.server.federation import Federation
 from fedfm.state import clone_state
@@ -44,9 +52,14 @@ def run(
     """Run an experiment and write its run directory; returns the final figures.
 
     ``config`` is an :class:`ExperimentConfig`, a TOML path, or None for the built-in default.
-    ``resume`` continues an interrupted run directory from its last checkpoint.
+    ``resume`` continues an interrupted run directory from its last checkpoint; ``overrides``
+    then change its config (logged, and written to its config.toml). A run directory that already
+    finished is returned as it is (``already_finished``), not run again.
     """
     config, ckpt = resolve_config(config, resume, overrides)
+    done = finished_run(resume, config)
+    if done is not None:  # nothing left to run: the run directory stays as it is
+        return done
     runtime = RUNTIMES.get(config.runtime.type)
     if not runtime.in_process:  # its clients are other processes: the runtime's own entry point
         return runtime.launch(config, out=out, resume=resume, progress=progress, sinks=sinks)

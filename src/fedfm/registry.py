@@ -12,6 +12,7 @@ config: importing them from it would be a cycle).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -51,8 +52,10 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
+            close = difflib.get_close_matches(str(name), sorted(self._items), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(
-                f"{self.field} = {name!r} is not a known {self.kind}; "
+                f"{self.field} = {name!r} is not a known {self.kind}{hint}; "
                 f"allowed: {', '.join(sorted(self._items))}"
             ) from None
 

@@ -19,17 +19,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
+import shlex
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from fedfm.codecs.wire import validate_state
-from fedfm.config import ExperimentConfig, config_to_toml, load_config
+from fedfm.config import ExperimentConfig, config_to_dict, config_to_toml, load_config
 from fedfm.errors import ResumeError
 from fedfm.metrics.memory import peak_rss_mb
 from fedfm.metrics.report import write_report
 from fedfm.metrics.sinks import JsonlSink, Sink
+from fedfm.modelcard import write_model_card
 from fedfm.prepared import Prepared
 from fedfm.privacy.audit import membership_auc
 from fedfm.server.checkpoint import Checkpoint, latest_checkpoint
@@ -45,6 +51,7 @@ class RunResult:
     run_dir: Path
     summary: dict[str, Any]
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    already_finished: bool = False  # a resumed run that had nothing left to do
 
     @property
     def final_accuracy(self) -> float:
@@ -62,12 +69,59 @@ def resolve_config(
         run_dir = Path(resume)
         if not (run_dir / "config.toml").is_file():
             raise ResumeError(f"{str(run_dir)!r} is not a run directory: it has no config.toml")
-        return load_config(run_dir / "config.toml", overrides), latest_checkpoint(run_dir)
+        config = load_config(run_dir / "config.toml", overrides)
+        if overrides:
+            _state_changes(load_config(run_dir / "config.toml"), config, run_dir)
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is not None and ckpt.round > config.federation.rounds:
+            raise ResumeError(
+                f"federation.rounds = {config.federation.rounds} is fewer than the {ckpt.round} "
+                f"rounds {str(run_dir)!r} already ran; allowed: ≥ {ckpt.round}"
+            )
+        return config, ckpt
     if not isinstance(config, ExperimentConfig):
         return load_config(config, overrides), None
     if overrides:
         raise ValueError("overrides apply to a config file, not to an ExperimentConfig object")
     return config, None
+
+
+def _flat(config: ExperimentConfig) -> dict[str, Any]:
+    """``{"section.key": value}`` of a config, as its TOML file has them."""
+    data = config_to_dict(config)
+    flat = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    for section, table in data.items():
+        if isinstance(table, dict):
+            flat.update({f"{section}.{k}": v for k, v in table.items()})
+    return flat
+
+
+def _state_changes(saved: ExperimentConfig, config: ExperimentConfig, run_dir: Path) -> None:
+    """Say which keys ``--set`` changes in a resumed run (its config.toml is rewritten to match:
+    the run directory records what ran)."""
+    before, after = _flat(saved), _flat(config)
+    changed = [k for k in after if before.get(k) != after[k]]
+    if changed:
+        log.warning(
+            "resuming %s with a changed config (written to its config.toml): %s",
+            run_dir,
+            ", ".join(f"{k} = {after[k]!r} (was {before.get(k)!r})" for k in changed),
+        )
+
+
+def finished_run(resume: str | Path | None, config: ExperimentConfig) -> RunResult | None:
+    """The result of a resumed run directory that already finished all ``federation.rounds``
+    (its summary.json written), or None when there is something left to run."""
+    if resume is None or not (Path(resume) / "summary.json").is_file():
+        return None
+    run_dir = Path(resume)
+    rows = read_rows(run_dir / "metrics.jsonl", config.federation.rounds)
+    if not rows or rows[-1]["round"] < config.federation.rounds:
+        return None
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if summary.get("rounds") != config.federation.rounds:
+        return None
+    return RunResult(run_dir, summary, rows, already_finished=True)
 
 
 def unique_run_dir(out: Path, name: str) -> Path:
@@ -106,6 +160,7 @@ def open_run(
         (run_dir / "config.toml").write_text(config_to_toml(p.config))
     else:
         run_dir = Path(resume)
+        (run_dir / "config.toml").write_text(config_to_toml(p.config))  # with any --set changes
     log.info("run directory: %s", run_dir)
     labels = p.train.labels
     write_json(run_dir / "partition.json", p.partition.describe(labels, p.train.label_names))
@@ -134,11 +189,31 @@ def summary_base(p: Prepared, run_dir: Path) -> dict[str, Any]:
     }
 
 
+def provenance() -> dict[str, Any]:
+    """When the run finished (UTC, ISO 8601), with which versions, from which command line."""
+    versions = {"python": platform.python_version()}
+    for package in ("fedfm", "torch", "transformers", "peft"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "unknown"
+    argv0 = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    program = "python -m fedfm" if argv0 == "__main__.py" else argv0
+    return {
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": versions,
+        "command": shlex.join([program, *sys.argv[1:]]),
+    }
+
+
 def finish(
     run_dir: Path, rows: list[dict[str, Any]], summary: dict[str, Any], sinks: Sequence[Sink]
 ) -> RunResult:
     """Write ``summary.json`` and the report; tell the sinks the run ended."""
     summary["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    summary.update(provenance())
+    if "export_dir" in summary:
+        write_model_card(Path(summary["export_dir"]), load_config(run_dir / "config.toml"), summary)
     write_json(run_dir / "summary.json", summary)
     write_report(run_dir, (run_dir / "config.toml").read_text(), rows, summary)
     for sink in sinks:
@@ -197,6 +272,9 @@ def drive(
     fed.rows = list(rows)
     try:
         state = fed.run(state, start_round)
+    except KeyboardInterrupt as e:
+        e.run_dir = run_dir  # type: ignore[attr-defined]  # the CLI names it: resume from there
+        raise
     finally:
         fed.runtime.close()
     if centralized:  # nothing is exchanged when the data are pooled

@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from fedfm.metrics import report
 from fedfm.metrics.report import write_report
@@ -145,11 +146,12 @@ def test_report_with_three_rounds(tmp_path: Path) -> None:
         "Resolved config",
     ]
 
-    # Three inline PNGs, each identical to the file saved under plots/.
+    # Four inline PNGs, each identical to the file saved under plots/.
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) == 3
+    assert len(images) == 4
     decoded = [base64.b64decode(data) for data in images]
-    files = [run_dir / "plots" / name for name in ("accuracy.png", "loss.png", "bytes.png")]
+    names = ("accuracy.png", "loss.png", "bytes.png", "accuracy_vs_mb.png")
+    files = [run_dir / "plots" / name for name in names]
     for png, file in zip(decoded, files, strict=True):
         assert png.startswith(PNG_SIGNATURE)
         assert file.read_bytes() == png
@@ -209,6 +211,7 @@ def test_report_with_three_rounds(tmp_path: Path) -> None:
     assert sorted(p.name for p in run_dir.iterdir()) == ["plots", "report.html"]
     assert sorted(p.name for p in (run_dir / "plots").iterdir()) == [
         "accuracy.png",
+        "accuracy_vs_mb.png",
         "bytes.png",
         "loss.png",
     ]
@@ -237,7 +240,7 @@ def test_report_with_one_row_and_named_run(tmp_path: Path) -> None:
 
     assert parsed.title.strip() == "fedavg <lora>"
     assert "<h1>fedavg &lt;lora&gt;</h1>" in page
-    assert page.count("data:image/png;base64,") == 3
+    assert page.count("data:image/png;base64,") == 4
     header, only = parsed.tables[1]
     assert header[-2:] == ["epsilon", "attack_success_rate"]
     assert "flag" not in header  # booleans are not numeric columns
@@ -264,7 +267,7 @@ def test_rows_with_odd_values_do_not_crash(tmp_path: Path) -> None:
     header, only = _parse(page).tables[-1]
     assert header[-1] == "clients"
     assert only[2] == DASH and only[3] == DASH and only[7] == DASH
-    assert page.count("data:image/png;base64,") == 3
+    assert page.count("data:image/png;base64,") == 4
 
 
 def test_failed_write_keeps_previous_report(tmp_path: Path, monkeypatch) -> None:
@@ -283,3 +286,34 @@ def test_failed_write_keeps_previous_report(tmp_path: Path, monkeypatch) -> None
     assert "first = true" in before
     leftovers = [p.name for p in tmp_path.rglob("*.tmp")]
     assert leftovers == []
+
+
+def test_report_files_are_readable_by_others_as_the_umask_allows(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        write_report(tmp_path, CONFIG, _rows(), _summary())
+    finally:
+        os.umask(old)
+    for path in [tmp_path / "report.html", *(tmp_path / "plots").iterdir()]:
+        assert path.stat().st_mode & 0o777 == 0o644, path.name
+
+
+def test_mb_plot_has_no_offset_and_starts_at_zero() -> None:
+    # Nearly constant traffic (as with a fixed-size LoRA update): matplotlib's default would
+    # show "+6.1e1" in a corner and zoom into the last digits.
+    rows = [{"round": r, "bytes_up": 61_000_000 + r} for r in (1, 2, 3)]
+    fig = report._figures(rows)["bytes.png"]
+    FigureCanvasAgg(fig).draw()  # the offset text is decided when the figure is drawn
+    ax = fig.axes[0]
+    assert ax.yaxis.get_major_formatter().get_offset() == ""
+    assert ax.get_ylim()[0] == 0
+
+
+def test_accuracy_against_cumulative_mb() -> None:
+    fig = report._figures(_rows())["accuracy_vs_mb.png"]
+    ax = fig.axes[0]
+    (line,) = ax.lines
+    # Round 1 has no accuracy; rounds 2 and 3 at 4.5 + 5.0 and 4.5 + 5.0 + 5.5 MB sent.
+    assert list(line.get_xdata()) == pytest.approx([9.5, 15.0])
+    assert list(line.get_ydata()) == pytest.approx([0.5, 0.8123])
+    assert ax.get_xlabel().startswith("MB sent")

@@ -1,5 +1,5 @@
-"""The ``fedfm`` command line: ``fedfm run | config | report | generate | synthesize | bench |
-serve | join | certs``.
+"""The ``fedfm`` command line: ``fedfm run | config | report | predict | export | generate |
+synthesize | bench | serve | join | certs``.
 
 Errors of the FedFMError hierarchy print one line and exit with code 2; ``--debug`` shows the
 traceback.
@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 
 from fedfm.cli import commands
@@ -18,6 +19,8 @@ COMMANDS = {
     "run": commands.cmd_run,
     "config": commands.cmd_config,
     "report": commands.cmd_report,
+    "predict": commands.cmd_predict,
+    "export": commands.cmd_export,
     "generate": commands.cmd_generate,
     "synthesize": commands.cmd_synthesize,
     "bench": commands.cmd_bench,
@@ -44,8 +47,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"fedfm: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("fedfm: interrupted; continue with `fedfm run --resume RUN_DIR`", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        run_dir = getattr(e, "run_dir", None)
+        if run_dir is None:
+            print("fedfm: interrupted", file=sys.stderr)
+        else:
+            command = "serve" if args.command == "serve" else "run"
+            print(
+                f"fedfm: interrupted; run directory {run_dir}; continue with "
+                f"`fedfm {command} --resume {shlex.quote(str(run_dir))}`",
+                file=sys.stderr,
+            )
         return 130
 
 

@@ -9,12 +9,15 @@ from pathlib import Path
 
 from fedfm.assemble import split
 from fedfm.bench import bench
-from fedfm.config import config_to_toml, load_config
+from fedfm.config import config_to_toml, load_config, resolve_path
+from fedfm.data.table import require_file
 from fedfm.errors import FedFMError
 from fedfm.experiment import run
 from fedfm.fm4fl.synthetic import verified
+from fedfm.merged import export_merged
 from fedfm.metrics.report import write_report
 from fedfm.plugins import load_modules
+from fedfm.predict import predict
 from fedfm.runtimes.grpc.certs import make_certs
 from fedfm.runtimes.grpc.client import NetworkClient
 from fedfm.runtimes.grpc.serve import serve
@@ -41,7 +44,11 @@ def cmd_run(args) -> int:
 
 def cmd_config(args) -> int:
 
-    sys.stdout.write(config_to_toml(load_config(args.config, args.overrides)))
+    config = load_config(args.config, args.overrides)
+    for field in ("train", "test"):  # a config that cannot run is not a good template
+        if getattr(config.data, field):
+            require_file(resolve_path(getattr(config.data, field)), f"data.{field}")
+    sys.stdout.write(config_to_toml(config))
     return 0
 
 
@@ -59,6 +66,33 @@ def cmd_report(args) -> int:
     summary = json.loads((run_dir / "summary.json").read_text())
     path = write_report(run_dir, (run_dir / "config.toml").read_text(), rows, summary)
     print(path)
+    return 0
+
+
+def cmd_predict(args) -> int:
+
+    texts = list(args.text)
+    if args.file is not None:
+        if args.file == "-":
+            texts += sys.stdin.read().splitlines()
+        else:
+            path = Path(args.file)
+            if not path.is_file():
+                raise FedFMError(f"--file {args.file!r}: the file does not exist")
+            try:
+                texts += path.read_text(encoding="utf-8").splitlines()
+            except UnicodeDecodeError:
+                raise FedFMError(f"--file {args.file!r} is not UTF-8 text") from None
+    if not texts:
+        raise FedFMError("nothing to label: give --text TEXT (repeatable) or --file FILE")
+    for label in predict(args.run_dir, texts):
+        print(label)
+    return 0
+
+
+def cmd_export(args) -> int:
+
+    print(export_merged(args.run_dir, args.merged))
     return 0
 
 
@@ -137,6 +171,11 @@ def print_result(result) -> None:
 
     s = result.summary
     console = Console()
+    if result.already_finished:
+        console.print(
+            f"{result.run_dir} already finished its {s['rounds']} rounds; nothing to do "
+            "(--set federation.rounds=N with a larger N continues it)"
+        )
     ppl = s.get("final_perplexity")
     perplexity = f"perplexity [bold]{ppl:.2f}[/bold], " if ppl is not None else ""
     console.print(
@@ -211,7 +250,7 @@ def cmd_join(args) -> int:
 def cmd_certs(args) -> int:
 
     hosts = tuple(args.host) or ("localhost", "127.0.0.1")
-    written = make_certs(args.dir, hosts, tuple(args.client), args.days)
+    written = make_certs(args.dir, hosts, tuple(args.client), args.days, force=args.force)
     for name, path in written.items():
         print(f"{name:>16}  {path}")
     return 0

@@ -14,6 +14,8 @@ EPILOG = """examples:
   fedfm run --resume runs/agnews-lora        continue an interrupted run
   fedfm config > my.toml                     the default config, every key, to edit
   fedfm report runs/agnews-lora              rebuild report.html from a run directory
+  fedfm predict runs/agnews-lora --text "Stocks rallied."   one label per line
+  fedfm export runs/agnews-lora --merged my-model   a folder transformers.pipeline() loads
   fedfm run configs/agnews_instruct.toml     federated instruction tuning of SmolLM2 (causal LM)
   fedfm generate runs/agnews-instruct --prompt "Which topic is ...?"   answer with a tuned LM
   fedfm generate runs/debian-pretrain --prompt "Command-line tool"    continue with a pre-trained LM
@@ -185,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--client", action="append", default=[], help="also issue a client certificate (repeatable)"
     )
     certs.add_argument("--days", type=int, default=365, help="validity in days (default: 365)")
+    certs.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing CA in DIR (every certificate it signed stops working)",
+    )
 
     gen = sub.add_parser(
         "generate",
@@ -226,12 +233,38 @@ def build_parser() -> argparse.ArgumentParser:
     add_overrides(syn)
     syn.add_argument("--out", default="synthetic", help="output folder (default: synthetic)")
 
+    pred = sub.add_parser(
+        "predict",
+        help="label texts with a finished classification run's model",
+        description="Load a run's exported classifier and print one label per line for each "
+        "text (--text, repeatable) or each line of a file (--file; '-' reads standard input).",
+    )
+    pred.add_argument("run_dir", help="a finished classification run directory")
+    pred.add_argument("--text", action="append", default=[], help="a text to label (repeatable)")
+    pred.add_argument("--file", help="a UTF-8 text file: one text per line")
+
+    exp = sub.add_parser(
+        "export",
+        help="write a finished run's model as one transformers folder, the adapter merged",
+        description="Merge the run's adapter into the base model's weights and write a "
+        "standard transformers folder to OUT: for classification, load it with "
+        "pipeline('text-classification', model=OUT, trust_remote_code=True) (the mean-pooling "
+        "head ships as modeling code in OUT); for causal_lm, pipeline('text-generation', "
+        "model=OUT).",
+    )
+    exp.add_argument("run_dir", help="a finished run directory")
+    exp.add_argument("--merged", required=True, metavar="OUT", help="a new output folder")
+
     rep = sub.add_parser(
         "report",
         help="rebuild report.html of a run directory",
         description="Rebuild report.html (and plots/) from a run directory's metrics.jsonl and summary.json.",
     )
     rep.add_argument("run_dir", help="a run directory written by `fedfm run`")
+    for command in sub.choices.values():  # `fedfm run --debug` as well as `fedfm --debug run`
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return parser
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import tomllib
 import types
 import typing
@@ -62,6 +63,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key} = {value!r} has the wrong type; expected {_type_name(tp)}")
 
 
+def _did_you_mean(name: str, candidates: typing.Iterable[str], prefix: str = "") -> str:
+    """`` (did you mean X?)`` for the closest candidate to a mistyped key, else ``""``."""
+    close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
+
+
 def build_dataclass(
     cls: type, data: dict[str, Any], section: str, skip: tuple[str, ...] = ()
 ) -> Any:
@@ -74,7 +81,8 @@ def build_dataclass(
     if unknown:
         allowed = ", ".join(names) or "(no keys)"
         raise ConfigError(
-            f"unknown key {section}.{unknown[0]}; allowed keys in [{section}]: {allowed}"
+            f"unknown key {section}.{unknown[0]}{_did_you_mean(unknown[0], names, section + '.')}; "
+            f"allowed keys in [{section}]: {allowed}"
         )
     kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in data.items() if k not in skip}
     return cls(**kwargs)
@@ -117,8 +125,8 @@ def config_from_dict(
     unknown = sorted(set(data) - top_keys)
     if unknown:
         raise ConfigError(
-            f"unknown key or section {unknown[0]!r}; allowed: name, seed, "
-            + ", ".join(f"[{s}]" for s in [*SECTIONS, "method", "strategy"])
+            f"unknown key or section {unknown[0]!r}{_did_you_mean(unknown[0], top_keys)}; "
+            "allowed: name, seed, " + ", ".join(f"[{s}]" for s in [*SECTIONS, "method", "strategy"])
         )
     kwargs: dict[str, Any] = {}
     if "name" in data:

@@ -73,7 +73,9 @@ class DataConfig:
     """Where the data are and which columns hold text and label."""
 
     train: str = "${FEDFM_DATA}/agnews/train.tsv"
+    # "" = no test file: hold out test_fraction of the training rows (seeded) as the test set
     test: str = "${FEDFM_DATA}/agnews/test.tsv"
+    test_fraction: float = 0.2
     text_column: str = "text"
     label_column: str = "label"
     labels: tuple[str, ...] = ()  # fixes the label order; default: sorted labels of train
@@ -96,6 +98,7 @@ class DataConfig:
             self.labelled_fraction,
             "0 < fraction ≤ 1",
         )
+        check(0 < self.test_fraction < 1, "data.test_fraction", self.test_fraction, "0 < f < 1")
         for item in self.descriptions:
             check(
                 "=" in item and item.split("=", 1)[0].strip() != "",

@@ -15,6 +15,15 @@ from fedfm.errors import DataError
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
+def require_file(path: Path, field: str) -> None:
+    """Raise the one-line :class:`DataError` for a configured data file that does not exist."""
+    if not path.is_file():
+        hint = ""
+        if "shared/data" in str(path):
+            hint = " (set FEDFM_DATA to the folder that holds agnews/, sst2/ and debian/)"
+        raise DataError(f"{field} = {str(path)!r}: the file does not exist{hint}")
+
+
 def read_table(path: Path, field: str = "data.train") -> dict[str, list]:
     """Read a table into ``{column: values}``; the format comes from the file's suffix."""
     fmt = FORMATS.get(path.suffix.lower())
@@ -23,11 +32,7 @@ def read_table(path: Path, field: str = "data.train") -> dict[str, list]:
             f"{field} = {str(path)!r}: unknown file type {path.suffix!r}; allowed: "
             + ", ".join(sorted(FORMATS))
         )
-    if not path.is_file():
-        hint = ""
-        if "shared/data" in str(path):
-            hint = " (set FEDFM_DATA to the folder that holds agnews/, sst2/ and debian/)"
-        raise DataError(f"{field} = {str(path)!r}: the file does not exist{hint}")
+    require_file(path, field)
     try:
         if fmt in ("csv", "tsv"):
             return _read_delimited(path, "\t" if fmt == "tsv" else ",")
@@ -111,7 +116,7 @@ def load_labelled_text(
         if column not in table:
             raise DataError(
                 f"data.{key} = {column!r} is not a column of {str(path)!r}; "
-                f"its columns: {', '.join(table)}"
+                f"its columns: {', '.join(table)}{_test_hint(field)}"
             )
     n = len(table[text_column]) if rows == 0 else min(rows, len(table[text_column]))
     table = {k: v[:n] for k, v in table.items()}
@@ -147,7 +152,33 @@ def load_labelled_text(
     if unknown:
         raise DataError(
             f"{field} = {str(path)!r}: label {unknown[0]!r} is not among the labels "
-            f"{list(label_names)} (set data.labels, or check the label column)"
+            f"{list(label_names)} (set data.labels, or check the label column){_test_hint(field)}"
         )
     labels = np.fromiter((index[s] for s in as_str), dtype=np.int64, count=n)
     return LabelledText(texts=list(texts), labels=labels, label_names=label_names, columns=table)
+
+
+def _test_hint(field: str) -> str:
+    """What to do when the test file does not fit the training data (often: no test file)."""
+    return (
+        " (no test file? data.test = '' holds out part of data.train)"
+        if field == "data.test"
+        else ""
+    )
+
+
+def hold_out(table: LabelledText, fraction: float, seed: int) -> tuple[LabelledText, LabelledText]:
+    """``(rest, held_out)``: a seeded random ``fraction`` of the rows (at least one) held out."""
+    n_test = max(1, round(fraction * len(table)))
+    order = np.random.default_rng([seed, 0x7E57]).permutation(len(table))
+    test_idx, train_idx = np.sort(order[:n_test]), np.sort(order[n_test:])
+
+    def subset(idx: np.ndarray) -> LabelledText:
+        return LabelledText(
+            [table.texts[i] for i in idx],
+            table.labels[idx],
+            table.label_names,
+            {k: [v[i] for i in idx] for k, v in table.columns.items()},
+        )
+
+    return subset(train_idx), subset(test_idx)

