@@ -14,7 +14,7 @@ Usage, from the repository root, after ``make install``:
    once from the base model and once from the base merged with the continued pre-training's
    adapter; exact match on the first 200 test rows. Same seed, data, clients and steps.
 
-Writes ``OUT/lm-continued.json`` (figures and hardware) and one JSON per run under ``OUT/runs``.
+Writes ``OUT/lm-continued.json`` (figures and hardware) and one JSON per run under ``OUT/per-run``.
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from lm_pretraining import DATA, client_text, hardware  # noqa: E402
+
 import fedfm  # noqa: E402
 from fedfm.config import load_config  # noqa: E402
 from fedfm.data.tokens import cache_dir  # noqa: E402
 from fedfm.tasks.lm import load_trained  # noqa: E402
-from lm_pretraining import DATA, client_text, hardware  # noqa: E402
 
 CONTINUED = [
     "name=continued",
@@ -103,9 +104,18 @@ def main() -> None:
     out = ROOT / "benchmarks/results/lm-continued"
     if "--out" in sys.argv:
         out = Path(sys.argv[sys.argv.index("--out") + 1])
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    work = out / "work"
+    (out / "per-run").mkdir(parents=True, exist_ok=True)
+    work = cache_dir() / "bench" / "lm-continued-runs"  # run directories: not results
     figures: dict = {}
+
+    def save() -> None:  # after every step: an interrupted benchmark keeps what it measured
+        record = {
+            "hardware": hardware(),
+            "continued_overrides": CONTINUED,
+            "downstream_overrides": DOWNSTREAM,
+            "figures": figures,
+        }
+        (out / "lm-continued.json").write_text(json.dumps(record, indent=1))
 
     # 1. the base model's perplexity, then continued pre-training
     config = load_config(None, [*CONTINUED, f"data.train={str(client_text())!r}"])
@@ -119,11 +129,12 @@ def main() -> None:
     t0 = time.perf_counter()
     result = fedfm.run(config, out=work, sinks=[])
     run = _record(result, time.perf_counter() - t0)
-    (out / "runs" / "continued.json").write_text(json.dumps(run, indent=1))
+    (out / "per-run" / "continued.json").write_text(json.dumps(run, indent=1))
     figures["continued_perplexity"] = run["final_perplexity"]
     figures["continued_next_token_accuracy"] = run["final_accuracy"]
     figures["continued_tokens"] = run["tokens_total"]
     print(f"perplexity {base['perplexity']:.2f} -> {run['final_perplexity']:.2f}", flush=True)
+    save()
 
     # 2. the merged model, as a folder another run can name
     merged = cache_dir() / "bench" / "smollm2-debian-continued"
@@ -139,17 +150,10 @@ def main() -> None:
         result = fedfm.run(load_config(None, overrides), out=work, sinks=[])
         run = _record(result, time.perf_counter() - t0)
         run["overrides"] = overrides
-        (out / "runs" / f"{name}.json").write_text(json.dumps(run, indent=1))
+        (out / "per-run" / f"{name}.json").write_text(json.dumps(run, indent=1))
         figures[f"{name}_exact_match"] = run["final_accuracy"]
         print(f"{name}: exact match {run['final_accuracy']:.3f}", flush=True)
-
-    result_file = {
-        "hardware": hardware(),
-        "continued_overrides": CONTINUED,
-        "downstream_overrides": DOWNSTREAM,
-        "figures": figures,
-    }
-    (out / "lm-continued.json").write_text(json.dumps(result_file, indent=1))
+        save()
 
 
 if __name__ == "__main__":

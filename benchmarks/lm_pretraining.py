@@ -142,7 +142,7 @@ def hardware() -> dict:
 
 
 def run_one(system: str, seed: int, train: Path, out: Path) -> dict:
-    target = out / "runs" / f"{system}-s{seed}.json"
+    target = out / "per-run" / f"{system}-s{seed}.json"
     if target.is_file():  # resumable: a finished run is not repeated
         return json.loads(target.read_text())
     overrides = [
@@ -153,7 +153,8 @@ def run_one(system: str, seed: int, train: Path, out: Path) -> dict:
         f"name={system}-s{seed}",
     ]
     t0 = time.perf_counter()
-    result = fedfm.run(load_config(None, overrides), out=out / "work", sinks=[])
+    work = cache_dir() / "bench" / "lm-pretrain-runs"  # run directories: not results
+    result = fedfm.run(load_config(None, overrides), out=work, sinks=[])
     s = result.summary
     rows = [
         {k: r.get(k) for k in ("round", "perplexity", "tokens", "bytes_up", "bytes_down")}
