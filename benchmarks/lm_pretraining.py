@@ -93,9 +93,15 @@ SYSTEMS: dict[str, list[str]] = {
         "strategy.name=diloco",
         "codec.up=['delta','int8']",
     ],
-    "centralized": ["federation.mode=centralized", f"federation.local_steps={PER_ROUND * H}"],
+    # centralized runs clients_per_round × local_steps steps per round on the pooled client
+    "centralized": [
+        "federation.mode=centralized",
+        f"federation.clients_per_round={PER_ROUND}",
+        f"federation.local_steps={H}",
+    ],
     "sync-dp": [
         "federation.mode=centralized",
+        "federation.clients_per_round=1",
         f"federation.local_steps={H}",
         f"federation.batch_size={BATCH * PER_ROUND}",
     ],
