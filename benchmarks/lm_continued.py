@@ -1,7 +1,9 @@
 """Continued pre-training of SmolLM2-135M on Debian text, and what it does for a downstream task.
 Usage, from the repository root, after ``make install``:
 
-    .venv/bin/python benchmarks/lm_continued.py [--out benchmarks/results/lm-continued]
+    .venv/bin/python benchmarks/lm_continued.py [--out benchmarks/results/lm-continued] [--reuse]
+
+``--reuse`` keeps the figures and merged model of an earlier invocation and runs only step 2.
 
 1. ``continued``: federated LoRA (r 8 on q, v) continued pre-training of the packaged
    SmolLM2-135M-Instruct on the descriptions of the 8 largest Debian maintainers (one client each,
@@ -100,6 +102,31 @@ def _record(result, seconds: float) -> dict:
     }
 
 
+def continued(config, out: Path, work: Path, merged: Path, figures: dict) -> None:
+    """Steps 1-2: the base model's perplexity, continued pre-training, the merged model."""
+    from fedfm.assemble import prepare
+
+    p = prepare(config)
+    base = p.task.evaluate(p.test_tokens, p.test.labels)  # every block of the 200 descriptions
+    figures["base_perplexity"] = base["perplexity"]
+    figures["base_next_token_accuracy"] = base["accuracy"]
+    del p
+    t0 = time.perf_counter()
+    result = fedfm.run(config, out=work, sinks=[])
+    run = _record(result, time.perf_counter() - t0)
+    (out / "per-run" / "continued.json").write_text(json.dumps(run, indent=1))
+    figures["continued_perplexity"] = run["final_perplexity"]
+    figures["continued_next_token_accuracy"] = run["final_accuracy"]
+    figures["continued_tokens"] = run["tokens_total"]
+    print(f"perplexity {base['perplexity']:.2f} -> {run['final_perplexity']:.2f}", flush=True)
+
+    # the merged model, as a folder another run can name
+    tokenizer, model = load_trained(result.run_dir, config)
+    model.save_pretrained(str(merged))
+    tokenizer.save_pretrained(str(merged))
+    del model
+
+
 def main() -> None:
     out = ROOT / "benchmarks/results/lm-continued"
     if "--out" in sys.argv:
@@ -117,31 +144,19 @@ def main() -> None:
         }
         (out / "lm-continued.json").write_text(json.dumps(record, indent=1))
 
-    # 1. the base model's perplexity, then continued pre-training
     config = load_config(None, [*CONTINUED, f"data.train={str(client_text())!r}"])
-    from fedfm.assemble import prepare
-
-    p = prepare(config)
-    base = p.task.evaluate(p.test_tokens, p.test.labels)  # every block of the 200 descriptions
-    figures["base_perplexity"] = base["perplexity"]
-    figures["base_next_token_accuracy"] = base["accuracy"]
-    del p
-    t0 = time.perf_counter()
-    result = fedfm.run(config, out=work, sinks=[])
-    run = _record(result, time.perf_counter() - t0)
-    (out / "per-run" / "continued.json").write_text(json.dumps(run, indent=1))
-    figures["continued_perplexity"] = run["final_perplexity"]
-    figures["continued_next_token_accuracy"] = run["final_accuracy"]
-    figures["continued_tokens"] = run["tokens_total"]
-    print(f"perplexity {base['perplexity']:.2f} -> {run['final_perplexity']:.2f}", flush=True)
-    save()
-
-    # 2. the merged model, as a folder another run can name
     merged = cache_dir() / "bench" / "smollm2-debian-continued"
-    tokenizer, model = load_trained(result.run_dir, config)
-    model.save_pretrained(str(merged))
-    tokenizer.save_pretrained(str(merged))
-    del model
+    previous = out / "lm-continued.json"
+    if "--reuse" in sys.argv and (merged / "model.safetensors").exists() and previous.exists():
+        # steps 1-2 done by an earlier invocation of this script: keep its figures and model
+        figures.update(
+            {k: v for k, v in json.loads(previous.read_text())["figures"].items()
+             if not k.startswith("downstream")}
+        )
+        figures["reused_continued_from"] = json.loads(previous.read_text())["hardware"]
+    else:
+        continued(config, out, work, merged, figures)
+        save()
 
     # 3. downstream: section classification from the base and from the continued model
     for name, model_name in (("downstream-base", "smollm2"), ("downstream-continued", str(merged))):

@@ -112,6 +112,19 @@ SYSTEMS: dict[str, list[str]] = {
 }
 ONE_SEED = {"diloco-int8", "centralized", "sync-dp"}  # pooled (IID) or a codec ablation
 
+# --sweep: DiLoCo's outer optimizer at this budget (seed 0 only; the chosen point then gets seeds)
+SWEEP_POINTS = [(1.0, 0.5), (0.7, 0.5), (1.0, 0.7), (1.5, 0.0), (2.0, 0.0), (1.5, 0.5)]
+SWEEP: dict[str, list[str]] = {
+    f"diloco-lr{lr:g}-m{m:g}": [
+        f"federation.clients_per_round={PER_ROUND}",
+        f"federation.local_steps={H}",
+        "strategy.name=diloco",
+        f"strategy.outer_lr={lr}",
+        f"strategy.momentum={m}",
+    ]
+    for lr, m in SWEEP_POINTS
+}
+
 
 def client_text() -> Path:
     """The 8 largest maintainers' descriptions of Debian's train split, as one TSV (cached)."""
@@ -154,7 +167,7 @@ def run_one(system: str, seed: int, train: Path, out: Path) -> dict:
     overrides = [
         *COMMON,
         f"data.train={str(train)!r}",
-        *SYSTEMS[system],
+        *{**SYSTEMS, **SWEEP}[system],
         f"seed={seed}",
         f"name={system}-s{seed}",
     ]
@@ -183,9 +196,9 @@ def run_one(system: str, seed: int, train: Path, out: Path) -> dict:
     return record
 
 
-def summarize(records: list[dict]) -> list[dict]:
+def summarize(records: list[dict], systems=SYSTEMS) -> list[dict]:
     table = []
-    for system in SYSTEMS:
+    for system in systems:
         mine = [r for r in records if r["system"] == system]
         if not mine:
             continue
@@ -251,9 +264,26 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/lm-pretrain")
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="DiLoCo's outer lr and momentum at seed 0 (writes OUT/lm-pretrain-sweep.json)",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     train = client_text()
+    if args.sweep:
+        records = []
+        for name in SWEEP:
+            records.append(run_one(name, 0, train, args.out))
+            print(f"{name}: perplexity {records[-1]['final_perplexity']:.1f}", flush=True)
+        result = {
+            "hardware": hardware(),
+            "points": SWEEP_POINTS,
+            "table": summarize(records, SWEEP),
+        }
+        (args.out / "lm-pretrain-sweep.json").write_text(json.dumps(result, indent=1))
+        return
     records = []
     for seed in args.seeds:
         for system in args.systems:

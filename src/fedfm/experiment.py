@@ -156,7 +156,7 @@ def _run_standalone(p: Prepared, run_dir: Path, sinks) -> RunResult:
         "final_accuracy": float(np.mean(accs)),
         "final_accuracy_worst": float(np.min(accs)),
         "final_accuracy_per_client": {f["client"]: f["accuracy"] for f in finals},
-        "test_rows": len(p.test),
+        **p.task.test_counts(p.test),
         "rounds": c.federation.rounds,
         "total_seconds": round(total_seconds, 3),
         "bytes_up_total": 0,

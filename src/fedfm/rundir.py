@@ -291,7 +291,7 @@ def drive(
         "final_accuracy": final["accuracy"],
         "final_loss": final["loss"],
         **({"final_perplexity": final["perplexity"]} if "perplexity" in final else {}),
-        "test_rows": len(p.test),
+        **p.task.test_counts(p.test),
         "rounds": c.federation.rounds,
         "total_seconds": round(fed.totals["seconds"], 3),
         "bytes_up_total": fed.totals["bytes_up"],

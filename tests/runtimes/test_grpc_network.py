@@ -24,6 +24,12 @@ from tests.conftest import TINY
 
 pytestmark = pytest.mark.network
 
+SERVER = [
+    "server.tokens_file=tokens.txt",
+    "server.round_timeout=120",
+    "server.client_timeout=8",
+    "server.linger=15",  # longer than a client's largest back-off, so every client hears DONE
+]
 NET = [
     *TINY,
     "name=net",
@@ -31,10 +37,7 @@ NET = [
     "federation.clients_per_round=4",
     "federation.rounds=3",
     "federation.local_steps=3",
-    "server.tokens_file=tokens.txt",
-    "server.round_timeout=120",
-    "server.client_timeout=8",
-    "server.linger=15",  # longer than a client's largest back-off, so every client hears DONE
+    *SERVER,
 ]
 
 
@@ -292,11 +295,8 @@ def test_a_causal_lm_is_served_and_joined_like_the_simulation(tmp_path, tiny_lm)
         *TINY_LM,
         f"model.name={str(tiny_lm)!r}",
         "name=net",
-        "server.tokens_file=tokens.txt",
+        *SERVER,
         "server.min_clients=2",
-        "server.round_timeout=120",
-        "server.client_timeout=8",
-        "server.linger=15",
     ]
     sim = run(load_config(None, lm), out=tmp_path / "sim")
     d = Deployment(tmp_path, lm)
@@ -346,11 +346,8 @@ def test_language_model_pretraining_is_served_and_joined_like_the_simulation(tmp
         "federation.local_steps=2",
         "strategy.name=diloco",
         "name=net",
-        "server.tokens_file=tokens.txt",
+        *SERVER,
         "server.min_clients=2",
-        "server.round_timeout=120",
-        "server.client_timeout=8",
-        "server.linger=15",
     ]
     sim = run(load_config(None, lm), out=tmp_path / "sim")
     d = Deployment(tmp_path, lm)

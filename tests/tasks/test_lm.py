@@ -130,6 +130,7 @@ def test_pretraining_lowers_perplexity_counts_tokens_generates_and_resumes_bit_f
         assert r["perplexity"] == pytest.approx(np.exp(r["eval_loss"]))
     s = result.summary
     assert s["final_perplexity"] < 0.2 * initial["perplexity"]  # on all 60 test descriptions
+    assert s["test_rows"] == fresh.test.documents == 60 and s["test_blocks"] == len(fresh.test)
     # tokens: 3 rounds × 3 clients × 6 steps × 8 blocks of ≤ 64 tokens, most of them full
     budget = 3 * 3 * 6 * 8 * 64
     assert 0.8 * budget < s["tokens_total"] <= budget

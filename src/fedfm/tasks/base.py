@@ -113,6 +113,11 @@ class Task(SharedStateTask):
         """Load the base model, adapt it with ``method`` and build the task."""
         raise NotImplementedError
 
+    @classmethod
+    def test_counts(cls, table: Any) -> dict[str, int]:
+        """How big the held-out table is, for ``summary.json`` (``test_rows``: its rows)."""
+        return {"test_rows": len(table)}
+
     def tokenize(self, table: Any) -> TokenizedText:
         """Token ids of a table's rows (cached on disk by content)."""
         raise NotImplementedError

@@ -82,8 +82,10 @@ class LanguageModelTask(Task):
 
     # ---- data ---------------------------------------------------------------------------------
     @classmethod
-    def _pack(cls, config, table: TextTable, grouping: str | None, field: str) -> PackedText:
-        tokenizer = load_lm_tokenizer(config.model.name)
+    def _pack(
+        cls, config, table: TextTable, grouping: str | None, field: str, tokenizer=None
+    ) -> PackedText:
+        tokenizer = tokenizer or load_lm_tokenizer(config.model.name)
         key = tokenizer_key(config.model.name, tokenizer)
         return pack_table(table, tokenizer, key, config.data.max_length, grouping, field)
 
@@ -95,13 +97,21 @@ class LanguageModelTask(Task):
     @classmethod
     def load_splits(cls, config) -> tuple[PackedText, PackedText]:
         d = config.data
+        tokenizer = load_lm_tokenizer(config.model.name)
         train = cls._read(config, resolve_path(d.train), d.train_rows, "data.train")
-        return cls._pack(config, train, _grouping(config), "data.train"), cls.load_test(config)
+        packed = cls._pack(config, train, _grouping(config), "data.train", tokenizer)
+        return packed, cls.load_test(config, tokenizer)
 
     @classmethod
-    def load_test(cls, config) -> PackedText:
+    def load_test(cls, config, tokenizer=None) -> PackedText:
         test = cls._read(config, resolve_path(config.data.test), config.data.test_rows, "data.test")
-        return cls._pack(config, test, None, "data.test")  # file order: eval_rows = first blocks
+        # file order: eval_rows = the first blocks
+        return cls._pack(config, test, None, "data.test", tokenizer)
+
+    @classmethod
+    def test_counts(cls, table: PackedText) -> dict[str, int]:
+        """``test_rows``: the documents read; ``test_blocks``: the packed blocks evaluated."""
+        return {"test_rows": table.documents, "test_blocks": len(table)}
 
     @classmethod
     def empty_table(cls, label_names: tuple[str, ...]) -> PackedText:
