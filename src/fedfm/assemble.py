@@ -190,11 +190,15 @@ def _client_app(
     return app
 
 
-def _add_distributed_noise(app: ClientApp, config, num_clients: int) -> None:
+def _add_distributed_noise(
+    app: ClientApp, config, num_clients: int, secure_noise: bool = False
+) -> None:
     """Distributed DP: each client clips its delta, then adds its share of the noise."""
     if mechanism(config).client_noise:
         num_params = app.trainer.task.num_params()[0]
-        app.transforms.append(client_transform(config, app.index, num_clients, num_params))
+        app.transforms.append(
+            client_transform(config, app.index, num_clients, num_params, secure_noise)
+        )
 
 
 def client_app(p: Prepared, client_ids: Sequence[str], federation=None) -> tuple[ClientApp, Any]:
@@ -228,10 +232,17 @@ def client_app(p: Prepared, client_ids: Sequence[str], federation=None) -> tuple
 
 
 def node_app(
-    config: ExperimentConfig, train_file: str | Path, client_id: str, client_index: int
+    config: ExperimentConfig,
+    train_file: str | Path,
+    client_id: str,
+    client_index: int,
+    reproducible_noise: bool = False,
 ) -> ClientApp:
     """One network client (``fedfm join``): its own file read with the server's columns and
     labels, the model, and the same client app a simulated client with that index has.
+
+    Its DP noise comes from a CSPRNG keyed in this process, unless ``reproducible_noise``: then
+    from the experiment's seed, as in the simulation (the server can recompute it).
 
     A file without the configured columns, or with labels outside the server's label set, fails
     here with a :class:`DataError`, before any training.
@@ -253,7 +264,9 @@ def node_app(
                 "privacy.noise_multiplier"
             )
         # σ is given: the sampling rate does not matter.
-        _add_distributed_noise(app, config, config.federation.clients_per_round)
+        _add_distributed_noise(
+            app, config, config.federation.clients_per_round, not reproducible_noise
+        )
     log.info(
         "client %s: %d rows of %s, task %s, model %s",
         client_id,

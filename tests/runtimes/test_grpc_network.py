@@ -63,12 +63,13 @@ def _fedfm(*args: str, cwd: Path, log: Path) -> subprocess.Popen:
 class Deployment:
     """Certificates, tokens, client files and a config in one folder; processes started on it."""
 
-    def __init__(self, root: Path, overrides: list[str]) -> None:
+    def __init__(self, root: Path, overrides: list[str], join_args: tuple[str, ...] = ()) -> None:
         from fedfm.config import config_to_toml, load_config
         from fedfm.data.split import write_client_files
         from fedfm.runtimes.grpc.certs import make_certs
 
         self.root = root
+        self.join_args = join_args
         self.config = load_config(None, overrides)
         self.files = write_client_files(self.config, root / "clients")
         self.tokens = {cid: f"token-{cid}-0123456789abcdef" for cid in self.files}
@@ -101,6 +102,7 @@ class Deployment:
             str(self.files[cid]),
             "--retry-seconds",
             "120",
+            *self.join_args,
             cwd=self.root,
             log=self.root / f"join-{cid}.log",
         )
@@ -246,6 +248,21 @@ def test_a_client_whose_file_lacks_the_columns_fails_before_training(tmp_path):
     assert "data.text_column = 'text' is not a column" in out and "Traceback" not in out
 
 
+def test_a_client_refuses_an_experiment_that_breaks_its_own_privacy_policy(tmp_path):
+    """fedfm join --require-secagg against a server without secure aggregation: one line, exit
+    2, before any training; the update never leaves the client."""
+    d = Deployment(tmp_path, [*NET, "server.min_clients=4"], join_args=("--require-secagg",))
+    try:
+        d.serve()
+        d.join("c0")
+        assert d.wait("c0", 120) == 2
+    finally:
+        d.kill_all()
+    out = (tmp_path / "join-c0.log").read_text()
+    assert "this client requires secure aggregation (--require-secagg)" in out
+    assert "Traceback" not in out and "trained in" not in out
+
+
 SECURE = [
     *NET,
     "server.min_clients=4",
@@ -264,7 +281,9 @@ def test_secure_aggregation_over_the_network_reproduces_the_simulated_run(tmp_pa
     from fedfm.experiment import run
 
     simulated = run(load_config(None, SECURE), out=tmp_path / "sim")
-    d = Deployment(tmp_path / "net", SECURE)
+    # the simulation's noise, so that the runs can be compared (by default a network client
+    # draws its noise from its own CSPRNG: tests/privacy/test_policy.py)
+    d = Deployment(tmp_path / "net", SECURE, join_args=("--reproducible-noise",))
     d.run_to_the_end()
     summary = json.loads((d.run_dir() / "summary.json").read_text())
     assert summary["final_accuracy"] == simulated.summary["final_accuracy"]

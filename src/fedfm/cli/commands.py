@@ -18,6 +18,7 @@ from fedfm.merged import export_merged
 from fedfm.metrics.report import write_report
 from fedfm.plugins import load_modules
 from fedfm.predict import predict
+from fedfm.privacy.policy import PrivacyPolicy
 from fedfm.runtimes.grpc.certs import make_certs
 from fedfm.runtimes.grpc.client import NetworkClient
 from fedfm.runtimes.grpc.serve import serve
@@ -227,6 +228,12 @@ def cmd_join(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    policy = PrivacyPolicy(
+        require_secagg=args.require_secagg,
+        min_threshold=args.min_threshold,
+        max_epsilon=args.max_epsilon,
+        reproducible_noise=args.reproducible_noise,
+    )
     logging.getLogger("fedfm").setLevel(logging.INFO)
     load_modules(args.plugin)
     client = NetworkClient(
@@ -238,11 +245,13 @@ def cmd_join(args) -> int:
         key=args.key,
         insecure=args.insecure,
         retry_seconds=args.retry_seconds,
+        policy=policy,
     )
     result = client.run(args.data)
     print(
         f"done: trained in {len(result.rounds)} rounds, {result.uploads_accepted} updates "
         f"accepted, {result.uploads_refused} refused"
+        + (f"; left early: {result.stopped}" if result.stopped else "")
     )
     return 0
 

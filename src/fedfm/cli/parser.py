@@ -162,6 +162,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="import this module of your own plug-ins first (repeatable): the server's "
         "[plugins] are never imported on a client",
     )
+    policy = join.add_argument_group(
+        "privacy policy",
+        "this client's own terms, whatever the server's experiment says (docs/security.md)",
+    )
+    policy.add_argument(
+        "--require-secagg",
+        action="store_true",
+        help="never send an update in the clear: refuse an experiment without secure aggregation",
+    )
+    policy.add_argument(
+        "--min-threshold",
+        type=int,
+        default=0,
+        metavar="K",
+        help="refuse a secure round whose threshold is below K (default 0: any)",
+    )
+    policy.add_argument(
+        "--max-epsilon",
+        type=float,
+        default=0.0,
+        metavar="E",
+        help="stop taking part before this client's own account (no sampling amplification) "
+        "passes ε = E; needs privacy.dp = 'distributed' (default 0: no budget)",
+    )
+    policy.add_argument(
+        "--reproducible-noise",
+        action="store_true",
+        help="draw DP noise from the experiment's seed, as the simulation does (for comparing a "
+        "network run with a simulated one: the server can recompute and remove this noise)",
+    )
     join.add_argument(
         "--retry-seconds",
         type=float,

@@ -103,6 +103,26 @@ def epsilon_for(
         return float(accountant.get_epsilon(delta=delta))
 
 
+def epsilon_of_history(
+    history: list[tuple[float, float, int]], delta: float, kind: str = "rdp"
+) -> float:
+    """ε at δ of a composition of sampled Gaussian mechanisms ``[(σ, q, steps), …]`` (opacus'
+    history format: each entry may have its own σ and q). An empty history spends ε = 0."""
+    _check_delta(delta)
+    for sigma, rate, steps in history:
+        _check_mechanism(kind, sigma, rate)
+        check(_is_count(steps, 1), "steps", steps, "an integer ≥ 1")
+    if not history:
+        return 0.0
+    from opacus.accountants import create_accountant
+
+    accountant = create_accountant(mechanism=kind)
+    accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="divide by zero encountered in log")
+        return float(accountant.get_epsilon(delta=delta))
+
+
 @lru_cache(maxsize=64)
 def noise_for_target_epsilon(
     target_epsilon: float,

@@ -13,10 +13,10 @@ the noise multiplier σ into ε. The three modes of ``privacy.dp``:
 
 The clip norm can follow a quantile of the update norms (:class:`AdaptiveClipper`).
 
-Randomness comes from a seeded ``torch.Generator`` so that runs reproduce. That is right for
-research, not for deployment: torch's generator is not cryptographically secure, and
-floating-point Gaussian samples leak through their low bits (Mironov 2012); a deployment needs
-a secure sampler (opacus' ``secure_mode``, or a discrete Gaussian).
+Noise comes from a :data:`~fedfm.privacy.noise.NoiseSource`: a seeded ``torch.Generator`` in
+a simulation, so that runs reproduce, or :class:`~fedfm.privacy.noise.SecureGaussian` (a
+ChaCha20 keystream keyed from the OS) on a network client, whose noise the server cannot
+recompute from the seeds it chose.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import torch
 from fedfm.config import check
 from fedfm.errors import ConfigError, ProtocolError, ResumeError
 from fedfm.privacy.accounting import epsilon_for
+from fedfm.privacy.noise import NoiseSource, standard_normal
 from fedfm.state import State
 
 if TYPE_CHECKING:
@@ -76,14 +77,12 @@ def clip(delta: State, max_norm: float) -> tuple[State, bool]:
     return clipped, norm > max_norm
 
 
-def add_gaussian_noise(x: TensorOrState, std: float, generator: torch.Generator) -> TensorOrState:
+def add_gaussian_noise(x: TensorOrState, std: float, generator: NoiseSource) -> TensorOrState:
     """``x`` + N(0, std²) on every coordinate, in float32 (a tensor, or a State tensor by tensor)."""
     _check_non_negative("noise std", std)
 
     def noisy(t: torch.Tensor) -> torch.Tensor:
-        noise = torch.randn(
-            t.shape, generator=generator, dtype=torch.float32, device=generator.device
-        )
+        noise = standard_normal(t.shape, generator)
         return t.detach().to(torch.float32) + std * noise.to(t.device)
 
     if isinstance(x, torch.Tensor):
@@ -164,7 +163,7 @@ def distributed_noise_share(
     clip_norm: float,
     noise_multiplier: float,
     num_clients: int,
-    generator: torch.Generator,
+    generator: NoiseSource,
     *,
     resolution: float = 0.0,
 ) -> State:

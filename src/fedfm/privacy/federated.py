@@ -42,6 +42,7 @@ from fedfm.privacy.dp import (
     quantization_norm_slack,
 )
 from fedfm.privacy.mechanisms import mechanism
+from fedfm.privacy.noise import SecureGaussian
 from fedfm.privacy.secagg import SecAggServer, resolve_threshold
 from fedfm.state import State, Update
 from fedfm.strategies.base import Strategy, WrappedStrategy
@@ -243,13 +244,17 @@ class ProtectedAggregation(WrappedStrategy):
             self.clipper.load_state_dict({"clip_norm": float(tensors["dp/clip_norm"])})
 
 
-def client_transform(config, index: dict[str, int], num_clients: int, num_params: int):
+def client_transform(
+    config, index: dict[str, int], num_clients: int, num_params: int, secure_noise: bool = False
+):
     """Distributed DP on the client: clip its delta, then add its share of the noise.
 
-    ``index`` maps each client this process holds to its index (which seeds its noise);
-    ``num_clients`` is the federation's size, for σ when it is calibrated to a target ε (a
-    network client receives σ resolved by the server). With secure aggregation, the clip leaves
-    room for the fixed-point rounding and the noise lands on the fixed-point grid, so
+    ``index`` maps each client this process holds to its index (which seeds its noise in a
+    simulation); ``num_clients`` is the federation's size, for σ when it is calibrated to a
+    target ε (a network client receives σ resolved by the server). ``secure_noise``: draw the
+    noise from a CSPRNG keyed in this process (:class:`~fedfm.privacy.noise.SecureGaussian`)
+    instead of the experiment's seed, which the server knows. With secure aggregation, the clip
+    leaves room for the fixed-point rounding and the noise lands on the fixed-point grid, so
     quantisation adds no further error.
     """
     privacy = config.privacy
@@ -266,10 +271,12 @@ def client_transform(config, index: dict[str, int], num_clients: int, num_params
             f"{num_params} parameters; raise it or secagg.fraction_bits"
         )
 
+    secure = SecureGaussian() if secure_noise else None
+
     def transform(client_id: str, rnd: int, trained: State, received: State) -> State:
         delta = OrderedDict((n, trained[n].float() - received[n].float()) for n in received)
         clipped, _ = clip(delta, clip_norm)
-        generator = torch.Generator().manual_seed(
+        generator = secure or torch.Generator().manual_seed(
             derive_seed(config.seed, rnd, index[client_id], 0xD1)
         )
         noisy = distributed_noise_share(

@@ -52,10 +52,13 @@ class SecAggClient(Stages):
         fraction_bits: int = 16,
         modulus_bits: int = 32,
         session: str = "",
+        min_threshold: int = 2,
     ) -> None:
         if not client_id:
             raise ValueError("client_id must be a non-empty string")
         self.client_id, self.dimension, self.session = client_id, dimension, session
+        self.min_threshold = max(2, min_threshold)  # this client's policy: it shares no lower
+        self._threshold = 0
         self.fraction_bits, self.modulus_bits = fraction_bits, modulus_bits
         self._dtype = ring_dtype(modulus_bits)
         self._c_key = X25519PrivateKey.generate()  # OS CSPRNG
@@ -63,6 +66,11 @@ class SecAggClient(Stages):
         self._stage, self._who = "advertise", f"client {client_id!r}"
         self._held: dict[str, tuple[bytes, bytes]] = {}  # owner → (my share of b_owner, of s_owner)
         self._revealed: dict[str, str] = {}  # owner → "b" or "s": the one kind ever revealed
+
+    @property
+    def threshold(self) -> int:
+        """The round's threshold t, once the roster is in (0 before)."""
+        return self._threshold
 
     def advertise_keys(self) -> dict[str, Any]:
         """Round 0: the two public keys (unsigned: there is no PKI)."""
@@ -104,6 +112,11 @@ class SecAggClient(Stages):
         if not 2 <= t <= n:
             raise ProtocolError(
                 f"secure aggregation: threshold {t} is not in 2 … {n} (the clients)"
+            )
+        if t < self.min_threshold:
+            raise ProtocolError(
+                f"secure aggregation: threshold {t} is below this client's minimum "
+                f"{self.min_threshold} (--min-threshold)"
             )
         self._roster = {c: (c_pk[i].tobytes(), s_pk[i].tobytes()) for i, c in enumerate(clients)}
         self._threshold = t

@@ -25,6 +25,7 @@ from fedfm.codecs.wire import unpack_groups
 from fedfm.config import parse_config_text
 from fedfm.errors import NetworkError, ProtocolError, StaleReference
 from fedfm.privacy.mechanisms import mechanism
+from fedfm.privacy.policy import ClientLedger, PrivacyPolicy
 from fedfm.privacy.secagg import ABORT, SecAggClient, decode_message, encode_message
 from fedfm.runtimes.grpc import fedfm_pb2 as pb
 from fedfm.runtimes.grpc import fedfm_pb2_grpc as pb_grpc
@@ -40,11 +41,16 @@ class _Rejoin(Exception):
     """The server no longer knows our session (it restarted): join again."""
 
 
+class _BudgetSpent(Exception):
+    """No further round fits this client's --max-epsilon."""
+
+
 @dataclass
 class JoinResult:
     rounds: list[int]
     uploads_accepted: int
     uploads_refused: int
+    stopped: str = ""  # why this client left before the server's end ('' if it did not)
 
 
 class NetworkClient:
@@ -63,8 +69,11 @@ class NetworkClient:
         retry_seconds: float = 300.0,
         chunk_size: int | None = None,
         heartbeat_seconds: float = 2.0,
+        policy: PrivacyPolicy | None = None,
     ) -> None:
         self.address = address
+        self.policy = policy or PrivacyPolicy()
+        self.ledger: ClientLedger | None = None  # this client's own privacy account
         self.client_id = client_id
         self.token = token
         self.retry_seconds = retry_seconds
@@ -221,7 +230,15 @@ class NetworkClient:
                 self.config_toml, "the server's experiment config", import_plugins=False
             )
             self.config = config
-            app = build_app(config, data, self.client_id, self.client_index)
+            self.policy.check_experiment(config)  # before any training
+            self.ledger = ClientLedger(self.policy, config)
+            app = build_app(
+                config,
+                data,
+                self.client_id,
+                self.client_index,
+                reproducible_noise=self.policy.reproducible_noise,
+            )
             return self._serve(app, max_rounds)
         finally:
             stop.set()
@@ -252,6 +269,10 @@ class NetworkClient:
             except _Rejoin:
                 log.info("the server no longer knows this session (restarted?): joining again")
                 self.join()
+            except _BudgetSpent as e:
+                result.stopped = str(e)
+                log.warning("leaving: %s", e)
+                break
         return result
 
     def _fit(self, app, reply, last_round: int, result: JoinResult) -> int:
@@ -271,6 +292,23 @@ class NetworkClient:
             return last_round
         instructions = instructions_from_json(reply.instructions_json)
         task = ClientTask(self.client_id, payload, instructions)
+        session = reply.secagg_session if protocol is not None else ""
+        threshold = protocol.threshold if protocol is not None else 0
+        if not instructions.evaluate:  # the client's own policy: before it computes anything
+            if protocol is None:
+                self.policy.check_plain_round(rnd)
+            refusal = self.ledger.refuse(rnd, session, threshold)
+            if refusal:
+                if protocol is not None:
+                    self._abandon(reply, refusal)
+                else:
+                    log.warning("round %d: not taking part: %s", rnd, refusal)
+                if self.ledger.exhausted():
+                    raise _BudgetSpent(
+                        f"ε = {self.ledger.epsilon():.3g} spent; no further round fits "
+                        f"--max-epsilon {self.policy.max_epsilon:g}"
+                    )
+                return last_round
         if protocol is not None:
             try:
                 forwarded = self._secagg_message(reply)
@@ -285,6 +323,8 @@ class NetworkClient:
             except NetworkError as e:
                 log.warning("round %d: %s", rnd, e)
                 return last_round
+        if not instructions.evaluate:
+            self.ledger.spend(rnd, session, threshold)  # the input leaves this machine next
         chunk_size = reply.chunk_size or (1 << 20)
         accepted, reason = self.upload(rnd, update, chunk_size, stage=reply.stage)
         if accepted:
@@ -366,6 +406,7 @@ class NetworkClient:
                     fraction_bits=s.fraction_bits,
                     modulus_bits=s.modulus_bits,
                     session=reply.secagg_session,
+                    min_threshold=self.policy.min_threshold,
                 )
                 message = self._secagg.advertise_keys()
             elif stage in ("shares", "unmask"):
