@@ -224,6 +224,8 @@ def client_app(p: Prepared, client_ids: Sequence[str], federation=None) -> tuple
         local_dp = LocalDP.for_clients(c.privacy, federation or c.federation, data)
     app = _client_app(c, p.task, data, positions, local_dp)
     app.held_out = held_out
+    if c.privacy.audit:  # the audit's members: the rows clients actually trained on
+        app.trainer.seen = {}
     app.index = {cid: i for i, cid in enumerate(client_ids)}  # seeds follow the app's clients
     if p.attack is not None and p.attack.level == "update" and p.malicious:
         app.transforms.append(_update_attack(p, list(client_ids)))

@@ -29,6 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from fedfm.client.app import trained_rows
 from fedfm.codecs.wire import validate_state
 from fedfm.config import ExperimentConfig, config_to_dict, config_to_toml, load_config
 from fedfm.errors import ResumeError
@@ -37,7 +38,7 @@ from fedfm.metrics.report import write_report
 from fedfm.metrics.sinks import JsonlSink, Sink
 from fedfm.modelcard import write_model_card
 from fedfm.prepared import Prepared
-from fedfm.privacy.audit import membership_auc
+from fedfm.privacy.audit import audit_summary
 from fedfm.server.checkpoint import Checkpoint, latest_checkpoint
 from fedfm.server.federation import Federation
 
@@ -270,8 +271,11 @@ def drive(
         fed.load_memory_state(ckpt.memory, state)
         fed.totals.update(ckpt.progress)
     fed.rows = list(rows)
+    members = None
     try:
         state = fed.run(state, start_round)
+        if c.privacy.audit:  # before the runtime closes: its clients hold the record
+            members = trained_rows(fed.runtime.state_dict())
     except KeyboardInterrupt as e:
         e.run_dir = run_dir  # type: ignore[attr-defined]  # the CLI names it: resume from there
         raise
@@ -301,7 +305,7 @@ def drive(
         "rejected_updates": sum("what" not in r for r in fed.rejected),
         **_client_evaluation_summary(c, fed.rows),
         **fed.strategy.summary(),
-        **({"mia_auc": membership_auc(p, c.privacy.audit_rows, c.seed)} if c.privacy.audit else {}),
+        **(audit_summary(p, members, c.privacy.audit_rows, c.seed) if c.privacy.audit else {}),
         **({"attack": c.attack.type, "malicious_clients": p.malicious} if p.attack else {}),
         **(
             {"final_attack_success_rate": fed.rows[-1].get("attack_success_rate")}

@@ -103,6 +103,17 @@ class ClientTask:
     instructions: FitInstructions
 
 
+#: The name prefixes of per-client groups in a client app's state (see ``client_groups``).
+CLIENT_GROUPS = ("client.up.", "client.secure.", "client.audit.")
+
+
+def trained_rows(groups: dict[str, dict[str, torch.Tensor]]) -> np.ndarray:
+    """Every row index some client trained on, from a client app's (or runtime's) state."""
+    audit = CLIENT_GROUPS[2]
+    found = [v["trained_rows"] for k, v in groups.items() if k.startswith(audit)]
+    return np.unique(torch.cat(found).numpy()) if found else np.zeros(0, dtype=np.int64)
+
+
 class ClientApp:
     """Handles fit messages for the clients whose data this process holds.
 
@@ -236,6 +247,32 @@ class ClientApp:
         self.view_memory = dict(groups.get("client.view_memory", {}))
         self._decoded = None
 
+    def client_groups(self) -> dict[str, dict[str, torch.Tensor]]:
+        """What this process keeps per client across rounds, one group per client and kind
+        (names start with one of :data:`CLIENT_GROUPS`): uplink codec memory, the secure
+        decoder mirror, and the rows trained on when an audit records them."""
+        groups = {f"client.up.{cid}": mem for cid, mem in self.memory.items()}
+        groups.update({f"client.secure.{cid}": m for cid, m in self.secure_memory.items()})
+        for cid, rows in (self.trainer.seen or {}).items():
+            groups[f"client.audit.{cid}"] = {
+                "trained_rows": torch.tensor(sorted(rows), dtype=torch.int64)
+            }
+        return groups
+
+    def load_client_groups(self, groups: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Restore what :meth:`client_groups` returned (other groups are ignored)."""
+        prefix, mirror, audit = CLIENT_GROUPS
+        self.memory = {k[len(prefix) :]: dict(v) for k, v in groups.items() if k.startswith(prefix)}
+        self.secure_memory = {
+            k[len(mirror) :]: dict(v) for k, v in groups.items() if k.startswith(mirror)
+        }
+        if self.trainer.seen is not None:
+            self.trainer.seen = {
+                k[len(audit) :]: set(v["trained_rows"].tolist())
+                for k, v in groups.items()
+                if k.startswith(audit)
+            }
+
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         groups: dict[str, dict[str, torch.Tensor]] = {
             "client.view_memory": self.view_memory,
@@ -243,8 +280,7 @@ class ClientApp:
         }
         if self.view is not None:
             groups["client.view"] = dict(self.view)
-        groups.update({f"client.up.{cid}": mem for cid, mem in self.memory.items()})
-        groups.update({f"client.secure.{cid}": m for cid, m in self.secure_memory.items()})
+        groups.update(self.client_groups())
         return groups
 
     def load_state_dict(self, groups: dict[str, dict[str, torch.Tensor]]) -> None:
@@ -252,9 +288,5 @@ class ClientApp:
         view = groups.get("client.view")
         self.view = None if view is None else OrderedDict((n, view[n]) for n in self.template)
         self.view_round = read_view_round(groups, "client.meta")
-        prefix, mirror = "client.up.", "client.secure."
-        self.memory = {k[len(prefix) :]: dict(v) for k, v in groups.items() if k.startswith(prefix)}
-        self.secure_memory = {
-            k[len(mirror) :]: dict(v) for k, v in groups.items() if k.startswith(mirror)
-        }
+        self.load_client_groups(groups)
         self._decoded = None

@@ -63,6 +63,9 @@ class Trainer:
         self.optimizer = optimizer
         self.weight_decay = weight_decay
         self.seed = seed
+        # The rows each client trained on ({client_id: {row index}}), kept only when a privacy
+        # audit needs its members (``privacy.audit``); None records nothing.
+        self.seen: dict[str, set[int]] | None = None
 
     def _make_optimizer(self, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
         if self.optimizer == "sgd":
@@ -118,6 +121,8 @@ class Trainer:
                 opt.step()
                 losses.append(value)
                 tokens += int(lengths[rows].sum())
+                if self.seen is not None:
+                    self.seen.setdefault(client_id, set()).update(int(r) for r in rows)
         return Update(
             client_id=client_id,
             round=instructions.round,

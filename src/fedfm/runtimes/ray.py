@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from fedfm import assemble
-from fedfm.client.app import ClientTask
+from fedfm.client.app import CLIENT_GROUPS, ClientTask
 from fedfm.codecs.wire import pack, pack_groups, unpack, unpack_groups
 from fedfm.config import config_to_toml, parse_config_text
 from fedfm.errors import ConfigError, FedFMError, ProtocolError, TrainingError
@@ -70,20 +70,11 @@ class _Worker:
 
     def client_memory(self) -> bytes:
 
-        kept = ("client.up.", "client.secure.")
-        groups = {k: v for k, v in self.app.state_dict().items() if k.startswith(kept)}
-        return pack_groups(groups)
+        return pack_groups(self.app.client_groups())
 
     def load_client_memory(self, blob: bytes) -> None:
 
-        groups = unpack_groups(blob)
-        prefix, mirror = "client.up.", "client.secure."
-        self.app.memory = {
-            k[len(prefix) :]: dict(v) for k, v in groups.items() if k.startswith(prefix)
-        }
-        self.app.secure_memory = {
-            k[len(mirror) :]: dict(v) for k, v in groups.items() if k.startswith(mirror)
-        }
+        self.app.load_client_groups(unpack_groups(blob))
 
     def pid(self) -> int:
         return os.getpid()
@@ -228,7 +219,7 @@ class RayRuntime(Runtime):
 
         per_worker: list[dict] = [{} for _ in self.workers]
         for key, tensors in groups.items():
-            for prefix in ("client.up.", "client.secure."):
+            for prefix in CLIENT_GROUPS:
                 if key.startswith(prefix):
                     per_worker[self.worker_of(key[len(prefix) :])][key] = tensors
         self._ray.get(
