@@ -1,5 +1,5 @@
 """The ``fedfm`` command line: ``fedfm run | config | report | predict | export | generate |
-synthesize | bench | serve | join | certs``.
+synthesize | bench | serve | join | certs | dashboard``.
 
 Errors of the FedFMError hierarchy print one line and exit with code 2; ``--debug`` shows the
 traceback.
@@ -27,6 +27,7 @@ COMMANDS = {
     "serve": commands.cmd_serve,
     "join": commands.cmd_join,
     "certs": commands.cmd_certs,
+    "dashboard": commands.cmd_dashboard,
 }
 
 

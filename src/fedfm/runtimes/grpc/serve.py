@@ -55,10 +55,13 @@ def serve(
     progress: bool = False,
     sinks: list[Sink] | tuple = (),
     ready=None,
+    on_start=None,
 ) -> RunResult:
     """Serve an experiment to network clients until its last round; returns the final figures.
 
-    ``ready(port)`` is called once the server listens (tests use it with port 0).
+    ``ready(port)`` is called once the server listens (tests use it with port 0);
+    ``on_start(run_dir, live_status)`` then, with the run directory and a callable returning
+    what only the server knows now (the connected clients; the dashboard shows it).
     """
     config, ckpt = resolve_config(config, resume, overrides)
     done = finished_run(resume, config)
@@ -113,6 +116,8 @@ def serve(
     )
     if ready is not None:
         ready(runtime.port)
+    if on_start is not None:
+        on_start(run_dir, runtime.live_status)
     all_sinks: list[Sink] = [ConsoleSink(enabled=progress), *sinks]
     fed = assemble.federation(
         p, runtime, list(clients.order), strategy=strategy, sinks=list(all_sinks), run_dir=run_dir
