@@ -24,7 +24,14 @@ from fedfm.config import ExperimentConfig, PluginsConfig, ServerConfig, config_t
 from fedfm.metrics.sinks import ConsoleSink, Sink
 from fedfm.privacy.mechanisms import mechanism
 from fedfm.privacy.secagg import max_message_bytes
-from fedfm.rundir import RunResult, drive, finished_run, open_run, resolve_config
+from fedfm.rundir import (
+    RunResult,
+    drive,
+    finished_run,
+    names_run_dir,
+    open_run,
+    resolve_config,
+)
 from fedfm.runtimes.base import RUNTIMES
 from fedfm.runtimes.grpc.auth import ClientRegistry
 from fedfm.runtimes.grpc.server import GrpcRuntime
@@ -122,11 +129,12 @@ def serve(
     fed = assemble.federation(
         p, runtime, list(clients.order), strategy=strategy, sinks=list(all_sinks), run_dir=run_dir
     )
-    try:
-        return drive(p, fed, run_dir, all_sinks, ckpt, start_round, rows)
-    finally:
-        for sink in all_sinks:
-            sink.close()
+    with names_run_dir(run_dir):
+        try:
+            return drive(p, fed, run_dir, all_sinks, ckpt, start_round, rows)
+        finally:
+            for sink in all_sinks:
+                sink.close()
 
 
 def upload_limits(config, up, template, clients: int) -> dict[str, int]:
