@@ -252,3 +252,41 @@ def test_the_page_updates_in_a_browser_as_rounds_finish(page, tiny_config, tmp_p
     expect(page.locator("#accuracy")).to_have_text(f"{summary['final_accuracy']:.4f}")
     mb = (summary["bytes_up_total"] + summary["bytes_down_total"]) / 1e6
     expect(page.locator("#megabytes")).to_have_text(f"{mb:.2f}")
+
+
+def test_fedfm_serve_dashboard_shows_the_served_run_and_its_clients_live(tmp_path):
+    from tests.runtimes.test_grpc_network import NET, Deployment
+
+    d = Deployment(
+        tmp_path,
+        [*NET, "partition.clients=2", "federation.clients_per_round=2", "federation.rounds=2"],
+    )
+    seen: dict[str, set] = {"connected": set(), "rounds": set(), "finished": set()}
+    try:
+        server = d.serve("--dashboard", "0")
+        log = tmp_path / "serve-0.log"
+        deadline = time.monotonic() + 120
+        while not (found := re.search(r"dashboard: (http://\S+)", log.read_text())):
+            assert server.poll() is None and time.monotonic() < deadline, d.logs()
+            time.sleep(0.2)
+        url = found.group(1)
+        d.join("c0")
+        d.join("c1")
+        deadline = time.monotonic() + 600
+        while server.poll() is None:  # the page's data while the server serves
+            assert time.monotonic() < deadline, d.logs()
+            try:
+                data = json.loads(_get(url + "api/metrics")[1])
+            except OSError:  # the server stops its dashboard as it exits
+                break
+            if data["run"] is not None:
+                assert data["run"]["name"] == "net" and data["run"]["served"] and data["live"]
+                seen["connected"].add(tuple(sorted(data["clients"]["connected"])))
+                seen["rounds"].add(len(data["rounds"]))
+                seen["finished"].add(data["run"]["finished"])
+            time.sleep(0.2)
+        assert d.wait("serve-0") == 0, d.logs()
+    finally:
+        d.kill_all()
+    assert ("c0", "c1") in seen["connected"]  # both connected, live
+    assert {1, 2} <= seen["rounds"] and True in seen["finished"], seen
