@@ -6,6 +6,7 @@ import argparse
 from importlib import metadata
 
 from fedfm.bench.scenarios import SCENARIOS
+from fedfm.dashboard.server import DEFAULT_PORT
 
 EPILOG = """examples:
   fedfm run                                  the built-in default (MiniLM + LoRA on AG News)
@@ -283,7 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dash.add_argument("run_dir", help="a run directory (written by `fedfm run` or `fedfm serve`)")
     dash.add_argument(
-        "--port", type=int, default=8765, help="TCP port (default: 8765; 0 = any free port)"
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"TCP port (default: {DEFAULT_PORT}; 0 = any free port)",
     )
     dash.add_argument(
         "--host",

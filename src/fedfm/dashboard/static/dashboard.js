@@ -77,7 +77,7 @@ function render(data) {
   const last = rows.length ? rows[rows.length - 1] : null;
   setText("run-name", run.name);
   setText("run-dir", run.run_dir);
-  status.textContent = run.finished ? "finished" : "running";
+  status.textContent = run.finished ? "finished" : "in progress";
   status.className = `status ${run.finished ? "finished" : "running"}`;
   setText("round-count", last ? last.round : 0);
   setText("rounds-planned", run.rounds_planned ?? "?");
@@ -96,8 +96,11 @@ function render(data) {
   document.getElementById("clients-card").hidden = !clients;
   document.getElementById("client-lists").hidden = !clients || !(clients.late.length || clients.rejected.length);
   if (clients) {
-    const connected = clients.connected ?? clients.joined;
-    setText("clients-connected", connected ? connected.length : (last ? last.clients.length : "—"));
+    // connected: only the serving process knows; a served run's directory knows who joined
+    const live = clients.connected !== null;
+    const ids = live ? clients.connected : clients.joined;
+    setText("clients-connected", ids ? ids.length : "—");
+    setText("clients-connected-label", live || !ids ? "connected" : "joined");
     setText("clients-late", clients.late_total);
     setText("clients-rejected", clients.rejected_total);
     const list = document.getElementById("client-events");
