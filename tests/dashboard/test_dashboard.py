@@ -217,7 +217,9 @@ def page():
 def test_the_page_updates_in_a_browser_as_rounds_finish(page, tiny_config, tmp_path, dashboard):
     from playwright.sync_api import expect
 
-    config = tiny_config("federation.rounds=2", "federation.local_steps=3", "seed=7")
+    # with differential privacy: the page shows the ε spent so far
+    dp = ("privacy.dp=central", "privacy.noise_multiplier=1.0", "privacy.clip_norm=5.0")
+    config = tiny_config("federation.rounds=2", "federation.local_steps=3", *dp)
     failure: list[BaseException] = []
 
     def work():
@@ -253,6 +255,9 @@ def test_the_page_updates_in_a_browser_as_rounds_finish(page, tiny_config, tmp_p
     expect(page.locator("#accuracy")).to_have_text(f"{summary['final_accuracy']:.4f}")
     mb = (summary["bytes_up_total"] + summary["bytes_down_total"]) / 1e6
     expect(page.locator("#megabytes")).to_have_text(f"{mb:.2f}")
+    expect(page.locator("#epsilon-card")).to_be_visible()
+    expect(page.locator("#epsilon")).to_have_text(f"{summary['epsilon']:.3f}")
+    expect(page.locator("#clients-card")).to_be_hidden()  # simulated: nothing to say
 
 
 def test_fedfm_serve_dashboard_shows_the_served_run_and_its_clients_live(tmp_path):
