@@ -7,7 +7,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -19,6 +22,7 @@ import pytest
 import fedfm
 from fedfm.cli import main
 from fedfm.dashboard import DashboardServer, RunSource
+from tests.conftest import ROOT
 from tests.runtimes.conftest import Server, certs  # noqa: F401  (certs: a fixture)
 
 pytestmark = pytest.mark.network
@@ -133,6 +137,24 @@ def test_on_loopback_a_foreign_host_name_is_refused(finished_run, dashboard):
     board = dashboard(finished_run)  # DNS rebinding: a page of evil.example reading 127.0.0.1
     assert _get(_base(board) + "api/metrics", {"Host": "evil.example"})[0] == 400
     assert _get(_base(board) + "api/metrics", {"Host": f"localhost:{board.port}"})[0] == 200
+
+
+def test_fedfm_dashboard_serves_until_ctrl_c(finished_run):
+    env = os.environ | {"PYTHONPATH": str(ROOT / "src")}
+    argv = [sys.executable, "-m", "fedfm", "dashboard", str(finished_run), "--port", "0"]
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        line = proc.stdout.readline()  # "dashboard of RUN_DIR: http://127.0.0.1:PORT/  (...)"
+        url = re.search(r"(http://127\.0\.0\.1:\d+/)", line).group(1)
+        status, body, _ = _get(url + "api/metrics")
+        assert status == 200 and [r["round"] for r in json.loads(body)["rounds"]] == [1, 2, 3]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+    assert "Traceback" not in proc.stderr.read()
 
 
 def _taken_port():

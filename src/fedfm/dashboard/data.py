@@ -3,8 +3,9 @@
 Everything comes from the run directory's contract (:mod:`fedfm.rundir`): ``config.toml`` (the
 planned rounds, the privacy settings), ``metrics.jsonl`` (one row per finished round),
 ``summary.json`` (once the run finished) and, for a served run, ``server.sqlite`` (the clients
-that joined, the late and refused ones). Files are only read: the run owns them. A row half
-written at the moment of reading is left for the next poll.
+that joined, the late and refused ones). Files are only read: the run owns them (SQLite may add
+its usual ``-wal``/``-shm`` companions beside ``server.sqlite``). A row half written at the
+moment of reading is left for the next poll.
 """
 
 from __future__ import annotations
