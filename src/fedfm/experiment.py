@@ -27,6 +27,7 @@ from fedfm.rundir import (
     drive,
     finish,
     finished_run,
+    names_run_dir,
     open_run,
     resolve_config,
     summary_base,
@@ -71,14 +72,15 @@ def run(
     p = assemble.prepare(config)  # data and model errors surface before anything is written
     run_dir, rows = open_run(p, out, resume, start_round)
     all_sinks: list[Sink] = [ConsoleSink(enabled=progress), *sinks]
-    try:
-        if config.federation.mode == "standalone":
-            return _run_standalone(p, run_dir, all_sinks)
-        fed = _in_process_federation(p, all_sinks, run_dir)
-        return drive(p, fed, run_dir, all_sinks, ckpt, start_round, rows)
-    finally:
-        for sink in all_sinks:
-            sink.close()
+    with names_run_dir(run_dir):
+        try:
+            if config.federation.mode == "standalone":
+                return _run_standalone(p, run_dir, all_sinks)
+            fed = _in_process_federation(p, all_sinks, run_dir)
+            return drive(p, fed, run_dir, all_sinks, ckpt, start_round, rows)
+        finally:
+            for sink in all_sinks:
+                sink.close()
 
 
 def _in_process_federation(

@@ -22,7 +22,8 @@ import os
 import platform
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -190,6 +191,18 @@ def summary_base(p: Prepared, run_dir: Path) -> dict[str, Any]:
     }
 
 
+@contextmanager
+def names_run_dir(run_dir: Path) -> Iterator[None]:
+    """A Ctrl-C (KeyboardInterrupt) inside carries ``run_dir``: the CLI names it as the run
+    directory to resume from. Everything a run does once its directory exists runs inside."""
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        if getattr(e, "run_dir", None) is None:
+            e.run_dir = run_dir  # type: ignore[attr-defined]
+        raise
+
+
 def provenance() -> dict[str, Any]:
     """When the run finished (UTC, ISO 8601), with which versions, from which command line."""
     versions = {"python": platform.python_version()}
@@ -276,9 +289,6 @@ def drive(
         state = fed.run(state, start_round)
         if c.privacy.audit:  # before the runtime closes: its clients hold the record
             members = trained_rows(fed.runtime.state_dict())
-    except KeyboardInterrupt as e:
-        e.run_dir = run_dir  # type: ignore[attr-defined]  # the CLI names it: resume from there
-        raise
     finally:
         fed.runtime.close()
     if centralized:  # nothing is exchanged when the data are pooled

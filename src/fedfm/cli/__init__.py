@@ -1,5 +1,5 @@
 """The ``fedfm`` command line: ``fedfm run | config | report | predict | export | generate |
-synthesize | bench | serve | join | certs``.
+synthesize | bench | serve | join | certs | dashboard``.
 
 Errors of the FedFMError hierarchy print one line and exit with code 2; ``--debug`` shows the
 traceback.
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import shlex
+import signal
 import sys
+import threading
 
 from fedfm.cli import commands
 from fedfm.cli.parser import build_parser
@@ -27,10 +29,35 @@ COMMANDS = {
     "serve": commands.cmd_serve,
     "join": commands.cmd_join,
     "certs": commands.cmd_certs,
+    "dashboard": commands.cmd_dashboard,
 }
 
 
+def _interruptible():
+    """Make SIGINT raise KeyboardInterrupt, whatever this process inherited.
+
+    Python turns SIGINT into KeyboardInterrupt only when the parent left it at its default: a
+    process started in the background by a non-interactive shell (``fedfm run ... &`` in a
+    script, CI runners, some job launchers) inherits SIGINT *ignored*, and Ctrl-C or
+    ``kill -INT`` then did nothing while the run went on to its last round. A run is safe to
+    interrupt (it resumes from its last checkpoint), so SIGINT always stops it. Returns the
+    handler it replaced (None: none replaced).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    previous = _interruptible()
+    try:
+        return _main(argv)
+    finally:  # a caller in the same process (tests, scripts) gets its own handler back
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -10,6 +10,8 @@ from pathlib import Path
 from fedfm.assemble import split
 from fedfm.bench import bench
 from fedfm.config import config_to_toml, load_config, resolve_path
+from fedfm.dashboard import DashboardServer, RunSource
+from fedfm.dashboard.data import check_run_dir
 from fedfm.data.table import require_file
 from fedfm.errors import FedFMError
 from fedfm.experiment import run
@@ -192,15 +194,37 @@ def cmd_serve(args) -> int:
 
     if args.resume and args.config:
         raise FedFMError("give either a config or --resume RUN_DIR, not both")
-    result = serve(
-        args.config,
-        address=args.address,
-        out=args.out,
-        resume=args.resume,
-        overrides=args.overrides,
-        progress=not args.quiet,
-    )
+    board, source = None, RunSource()
+    if args.dashboard is not None:  # bound first: a taken port fails before the model loads
+        board = DashboardServer(
+            source, args.dashboard_host, args.dashboard, args.dashboard_token, "--dashboard"
+        )
+        print(f"dashboard: {board.url}", flush=True)
+        board.start()
+    try:
+        result = serve(
+            args.config,
+            address=args.address,
+            out=args.out,
+            resume=args.resume,
+            overrides=args.overrides,
+            progress=not args.quiet,
+            on_start=source.attach,
+        )
+    finally:
+        if board is not None:
+            board.stop()
     print_result(result)
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+
+    board = DashboardServer(
+        RunSource(check_run_dir(args.run_dir)), args.host, args.port, args.token
+    )
+    print(f"dashboard of {args.run_dir}: {board.url}  (Ctrl-C stops it)", flush=True)
+    board.start().wait()  # until Ctrl-C
     return 0
 
 

@@ -6,6 +6,7 @@ import argparse
 from importlib import metadata
 
 from fedfm.bench.scenarios import SCENARIOS
+from fedfm.dashboard.server import DEFAULT_PORT
 
 EPILOG = """examples:
   fedfm run                                  the built-in default (MiniLM + LoRA on AG News)
@@ -23,6 +24,7 @@ EPILOG = """examples:
   fedfm bench --quick --peers plain          fedfm against a plain PyTorch loop, in minutes
   fedfm certs certs/                         test CA + server certificate for TLS
   fedfm serve configs/network.toml           serve an experiment to network clients
+  fedfm dashboard runs/agnews-lora --port 8765   a live page of a run at http://127.0.0.1:8765/
   fedfm join 127.0.0.1:8443 --ca certs/ca.pem --client-id c1 --token T --data my.csv
 """
 
@@ -129,6 +131,23 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--resume", metavar="RUN_DIR", help="continue a crashed server's run")
     add_overrides(srv)
     srv.add_argument("--quiet", action="store_true", help="no live progress display")
+    srv.add_argument(
+        "--dashboard",
+        type=int,
+        metavar="PORT",
+        help="also serve a live dashboard of this run at http://127.0.0.1:PORT/",
+    )
+    srv.add_argument(
+        "--dashboard-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="the dashboard's interface (default: 127.0.0.1; elsewhere it requires a token)",
+    )
+    srv.add_argument(
+        "--dashboard-token",
+        metavar="TOKEN",
+        help="the dashboard's token (default: none on loopback, else a new one, printed)",
+    )
 
     join = sub.add_parser(
         "join",
@@ -284,6 +303,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("run_dir", help="a finished run directory")
     exp.add_argument("--merged", required=True, metavar="OUT", help="a new output folder")
+
+    dash = sub.add_parser(
+        "dashboard",
+        help="serve a live web page of a run directory (rounds, curves, bytes, ε, clients)",
+        description="Serve a small read-only web page of a run directory, finished or still "
+        "running: rounds, accuracy and loss curves, bytes sent, ε under differential privacy "
+        "and, for a served run, late and rejected clients. The round data are at /api/metrics "
+        "(JSON). Bound to 127.0.0.1; bound elsewhere (--host) every request needs the token.",
+    )
+    dash.add_argument("run_dir", help="a run directory (written by `fedfm run` or `fedfm serve`)")
+    dash.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"TCP port (default: {DEFAULT_PORT}; 0 = any free port)",
+    )
+    dash.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to listen on (default: 127.0.0.1; any other requires a token)",
+    )
+    dash.add_argument(
+        "--token", help="the token requests must carry (default: none on loopback, else a new one)"
+    )
 
     rep = sub.add_parser(
         "report",

@@ -24,7 +24,14 @@ from fedfm.config import ExperimentConfig, PluginsConfig, ServerConfig, config_t
 from fedfm.metrics.sinks import ConsoleSink, Sink
 from fedfm.privacy.mechanisms import mechanism
 from fedfm.privacy.secagg import max_message_bytes
-from fedfm.rundir import RunResult, drive, finished_run, open_run, resolve_config
+from fedfm.rundir import (
+    RunResult,
+    drive,
+    finished_run,
+    names_run_dir,
+    open_run,
+    resolve_config,
+)
 from fedfm.runtimes.base import RUNTIMES
 from fedfm.runtimes.grpc.auth import ClientRegistry
 from fedfm.runtimes.grpc.server import GrpcRuntime
@@ -55,10 +62,13 @@ def serve(
     progress: bool = False,
     sinks: list[Sink] | tuple = (),
     ready=None,
+    on_start=None,
 ) -> RunResult:
     """Serve an experiment to network clients until its last round; returns the final figures.
 
-    ``ready(port)`` is called once the server listens (tests use it with port 0).
+    ``ready(port)`` is called once the server listens (tests use it with port 0);
+    ``on_start(run_dir, live_status)`` then, with the run directory and a callable returning
+    what only the server knows now (the connected clients; the dashboard shows it).
     """
     config, ckpt = resolve_config(config, resume, overrides)
     done = finished_run(resume, config)
@@ -113,15 +123,18 @@ def serve(
     )
     if ready is not None:
         ready(runtime.port)
+    if on_start is not None:
+        on_start(run_dir, runtime.live_status)
     all_sinks: list[Sink] = [ConsoleSink(enabled=progress), *sinks]
     fed = assemble.federation(
         p, runtime, list(clients.order), strategy=strategy, sinks=list(all_sinks), run_dir=run_dir
     )
-    try:
-        return drive(p, fed, run_dir, all_sinks, ckpt, start_round, rows)
-    finally:
-        for sink in all_sinks:
-            sink.close()
+    with names_run_dir(run_dir):
+        try:
+            return drive(p, fed, run_dir, all_sinks, ckpt, start_round, rows)
+        finally:
+            for sink in all_sinks:
+                sink.close()
 
 
 def upload_limits(config, up, template, clients: int) -> dict[str, int]:

@@ -118,13 +118,7 @@ class GrpcRuntime(Runtime):
         last_report = 0.0
         while True:
             now = time.monotonic()
-            with self.board.lock:
-                live = [
-                    c
-                    for c in client_ids
-                    if now - self.board.heard.get(c, -1e9) < self.settings.client_timeout
-                    and c in self.board.sessions.values()
-                ]
+            live = self._live(client_ids, now)
             if len(live) >= needed:
                 return live
             if now > deadline:
@@ -136,6 +130,21 @@ class GrpcRuntime(Runtime):
                 log.info("waiting for clients: %d of %d connected", len(live), needed)
                 last_report = now
             time.sleep(0.2)
+
+    def _live(self, client_ids, now: float) -> list[str]:
+        """The clients with a session that were heard from within ``client_timeout``."""
+        with self.board.lock:
+            return [
+                c
+                for c in client_ids
+                if now - self.board.heard.get(c, -1e9) < self.settings.client_timeout
+                and c in self.board.sessions.values()
+            ]
+
+    def live_status(self) -> dict[str, list[str]]:
+        """What the server knows now and no file records (the dashboard shows it): the
+        connected clients."""
+        return {"connected": self._live(list(self.registry.order), time.monotonic())}
 
     def keep(self, rnd: int, client_id: str, payload: bytes) -> None:
         """An admitted update, stored durably so that a resumed server reuses it."""
