@@ -20,7 +20,7 @@ import torch
 from fedfm import assemble
 from fedfm.config import ExperimentConfig
 from fedfm.errors import ResumeError
-from fedfm.metrics.sinks import ConsoleSink, JsonlSink, Sink
+from fedfm.metrics.sinks import ConsoleSink, JsonlSink, Sink, report_sinks
 from fedfm.prepared import Prepared
 from fedfm.rundir import (
     RunResult,
@@ -130,6 +130,10 @@ def _run_standalone(p: Prepared, run_dir: Path, sinks) -> RunResult:
             sink.close()
     rows = []
     jsonl = JsonlSink(run_dir / "metrics.jsonl")
+    report = report_sinks(c.logging.report_to, run_dir, c)
+    sinks = [*sinks, *report]
+    for sink in report:
+        sink.start({"name": c.name, "rounds": c.federation.rounds, "start_round": 1})
     for r in range(c.federation.rounds):
         client_rows = [rs[r] for rs in per_client]
         accs = [x["accuracy"] for x in client_rows if x["accuracy"] is not None]
@@ -149,7 +153,8 @@ def _run_standalone(p: Prepared, run_dir: Path, sinks) -> RunResult:
         if ppl:  # task 'lm': the mean and the worst (highest) of the clients' perplexities
             row["perplexity"], row["perplexity_worst"] = float(np.mean(ppl)), float(np.max(ppl))
         rows.append(row)
-        jsonl.round(row)
+        for sink in (jsonl, *report):
+            sink.round(row)
     accs = [f["accuracy"] for f in finals]
     summary = {
         **summary_base(p, run_dir),
@@ -168,4 +173,8 @@ def _run_standalone(p: Prepared, run_dir: Path, sinks) -> RunResult:
         summary["final_perplexity"] = float(np.mean(ppl))
         summary["final_perplexity_worst"] = float(np.max(ppl))
         summary["final_perplexity_per_client"] = {f["client"]: f["perplexity"] for f in finals}
-    return finish(run_dir, rows, summary, sinks)
+    try:
+        return finish(run_dir, rows, summary, sinks)
+    finally:
+        for sink in report:
+            sink.close()

@@ -367,3 +367,24 @@ class PluginsConfig:
     # Folders searched first; the folder of the config file that named the modules is added,
     # so that a resumed run finds them again.
     paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Where the per-round metrics go besides the console, ``metrics.jsonl`` and the report:
+    ``report_to`` names sinks of the ``sink`` registry, e.g. ``["tensorboard", "mlflow"]``
+    (event files in ``<run_dir>/tensorboard``; an MLflow run in ``<run_dir>/mlruns``, or at
+    ``$MLFLOW_TRACKING_URI`` when set). A plug-in module can register more."""
+
+    report_to: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        sinks = registry("sink")
+        for name in self.report_to:
+            sinks.get(name)  # unknown: names the key, the value and the registered sinks
+        check(
+            len(set(self.report_to)) == len(self.report_to),
+            "logging.report_to",
+            self.report_to,
+            "each sink once",
+        )
