@@ -1,10 +1,12 @@
 """``[logging] report_to``: a real tiny run writes TensorBoard event files and an MLflow store
-that their own readers read back with metrics.jsonl's figures; a custom sink from a plug-in
-module gets the same rows; a bad name or a missing library is one line and exit 2."""
+that their own readers read back with metrics.jsonl's figures; the custom sink of
+docs/logging.md, as a plug-in module, gets the same rows; a bad name or a missing library is
+one line and exit 2."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -14,21 +16,14 @@ from fedfm.cli import main
 from fedfm.errors import ConfigError
 from fedfm.metrics.sinks import SINKS, Sink
 
-# The worked example of the Sink docstring and docs/guide.md, as a user's plug-in module.
-CSV_SINK = """
-from fedfm.metrics import SINKS, Sink, scalars
+ROOT = Path(__file__).resolve().parents[2]
 
 
-@SINKS.register("csv_rounds")
-class CsvSink(Sink):
-    def __init__(self, run_dir, config):
-        self.path = run_dir / "rounds.csv"
-
-    def round(self, row):
-        values = scalars(row)
-        with self.path.open("a") as f:
-            f.write(f"{row['round']},{values.get('accuracy', '')},{values['loss']}\\n")
-"""
+def _docs_example() -> str:
+    """The worked example of docs/logging.md ("A sink of your own"), as a user's module."""
+    text = (ROOT / "docs" / "logging.md").read_text()
+    section = text.split("## A sink of your own", 1)[1]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +32,7 @@ def reported_run(tiny_config_module, tmp_path_factory):
     pytest.importorskip("tensorboard")
     pytest.importorskip("mlflow")
     plugin_dir = tmp_path_factory.mktemp("plugins")
-    (plugin_dir / "csv_rounds_sink.py").write_text(CSV_SINK)
+    (plugin_dir / "csv_rounds_sink.py").write_text(_docs_example())
     config = tiny_config_module(
         'logging.report_to=["tensorboard", "mlflow", "csv_rounds"]',
         'plugins.modules=["csv_rounds_sink"]',
