@@ -122,3 +122,29 @@ def test_a_sink_whose_library_is_missing_says_what_to_install(tiny_config, tmp_p
         "which is not installed; pip install fedfm-no-such-package"
     )
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_a_standalone_run_reports_its_mean_and_worst_client(tiny_config, tmp_path):
+    """``federation.mode = "standalone"`` writes its rows after the clients train alone: the
+    report_to sinks get those rows (the mean and the worst client) and the summary too."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tiny_config(
+        "federation.mode=standalone",
+        "federation.rounds=1",
+        "partition.clients=2",  # two clients alone, a small test set: seconds
+        "federation.clients_per_round=1",
+        "data.test_rows=100",
+        "data.eval_rows=50",
+        'logging.report_to=["tensorboard"]',
+    )
+    result = fedfm.run(config, out=tmp_path)
+    events = EventAccumulator(str(result.run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    (row,) = result.metrics
+    for key in ("accuracy", "accuracy_worst", "loss"):
+        (event,) = events.Scalars(key)
+        assert event.step == 1 and event.value == pytest.approx(row[key], rel=1e-6), key
+    (final,) = events.Scalars("summary/final_accuracy_worst")
+    assert final.value == pytest.approx(result.summary["final_accuracy_worst"], rel=1e-6)
