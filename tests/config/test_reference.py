@@ -102,3 +102,13 @@ def test_a_section_table_has_its_docstring(section):
     part = page.split(f"## `[{section}]`", 1)[1].split("\n## ", 1)[0]
     doc = " ".join((SECTIONS[section].__doc__ or "").split())
     assert doc.split(":")[0] in part
+
+
+def test_every_key_says_what_it_means():
+    """A key added without a comment (or a section docstring) fails here, not in the docs."""
+    blank = [k.name for table in schema_keys().values() for k in table if not k.meaning]
+    assert blank == []
+    for section, cls in SECTIONS.items():
+        assert (cls.__doc__ or "").strip() and not cls.__doc__.startswith(cls.__name__ + "("), (
+            section
+        )

@@ -84,8 +84,8 @@ def _strategy_spec_default() -> Any:
 class ExperimentConfig:
     """A whole experiment; ``ExperimentConfig()`` is the built-in default."""
 
-    name: str = "agnews-lora"
-    seed: int = 0
+    name: str = "agnews-lora"  # the run directory's name (runs/<name>/, -2, -3 … when taken)
+    seed: int = 0  # every random choice (partition, sampling, init, noise) derives from it
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
