@@ -10,6 +10,8 @@ The run directory (``runs/<name>/``) is a contract later tools rely on::
     adapter/         peft adapter + head.safetensors (lora, prompt, adapter); model/ for head, full;
                      causal_lm: the peft adapter and the tokenizer
     report.html      one self-contained page with the config, per-round table and plots
+    tensorboard/     with ``[logging] report_to = ["tensorboard"]``: TensorBoard event files
+    mlruns/          with ``report_to = ["mlflow"]`` (and no $MLFLOW_TRACKING_URI): an MLflow store
 
 A network server (``fedfm serve``) writes the same files, plus ``server.sqlite`` and ``updates/``.
 """
