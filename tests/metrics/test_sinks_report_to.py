@@ -148,3 +148,41 @@ def test_a_standalone_run_reports_its_mean_and_worst_client(tiny_config, tmp_pat
         assert event.step == 1 and event.value == pytest.approx(row[key], rel=1e-6), key
     (final,) = events.Scalars("summary/final_accuracy_worst")
     assert final.value == pytest.approx(result.summary["final_accuracy_worst"], rel=1e-6)
+
+
+def test_a_resumed_run_continues_its_mlflow_run_and_tensorboard_curves(tiny_config, tmp_path):
+    """Interrupted in round 2, the MLflow run is KILLED; resumed, the same MLflow run finishes
+    and both stores hold each round once, with metrics.jsonl's figures."""
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tests.tasks.test_causal_lm import _Interrupt
+
+    config = tiny_config(
+        'logging.report_to=["tensorboard", "mlflow"]',
+        "data.test_rows=100",  # what is tested is the stores, not learning: a small test set
+        "data.eval_rows=50",
+        "federation.local_steps=2",
+    )
+    with pytest.raises(KeyboardInterrupt):
+        fedfm.run(config, out=tmp_path, sinks=[_Interrupt(in_round=2)])
+    run_dir = tmp_path / config.name
+    client = MlflowClient(tracking_uri=(run_dir / "mlruns").resolve().as_uri())
+    (experiment,) = [e for e in client.search_experiments() if e.name == config.name]
+    (interrupted,) = client.search_runs([experiment.experiment_id])
+    assert interrupted.info.status == "KILLED"
+
+    result = fedfm.run(resume=run_dir)
+    rows = result.metrics
+    assert [r["round"] for r in rows] == [1, 2]
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_id == interrupted.info.run_id and run.info.status == "FINISHED"
+    history = sorted(client.get_metric_history(run.info.run_id, "accuracy"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in history] == [(r["round"], r["accuracy"]) for r in rows]
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    accuracy = events.Scalars("accuracy")
+    assert [e.step for e in accuracy] == [1, 2]
+    assert [e.value for e in accuracy] == pytest.approx([r["accuracy"] for r in rows], rel=1e-6)
