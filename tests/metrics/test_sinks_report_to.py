@@ -73,7 +73,9 @@ def test_mlflow_store_holds_params_rounds_and_summary(reported_run):
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_name == result.run_dir.name
     assert run.data.params["federation.rounds"] == "2"
-    assert run.data.params["logging.report_to"] == "('tensorboard', 'mlflow', 'csv_rounds')"
+    assert run.data.params["logging.report_to"] == '["tensorboard", "mlflow", "csv_rounds"]'
+    assert run.data.params["name"] == "agnews-lora" and run.data.params["codec.up"] == "[]"
+    assert run.data.params["federation.lr"] == "0.002"
     history = client.get_metric_history(run.info.run_id, "accuracy")
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2]
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == [r["accuracy"] for r in rows]

@@ -21,9 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from fedfm.config import ExperimentConfig, config_to_dict
+from fedfm.config.toml import toml_value
 from fedfm.metrics.sinks import SINKS, Sink, scalars
 
 _RUN_DIR_TAG = "fedfm.run_dir"
+
+
+def _param(value: Any) -> str:
+    """A config value as an MLflow param: strings as they are, the rest as TOML."""
+    return value if isinstance(value, str) else toml_value(value)
 
 
 def flat_params(config: ExperimentConfig) -> dict[str, str]:
@@ -31,9 +37,9 @@ def flat_params(config: ExperimentConfig) -> dict[str, str]:
     params: dict[str, str] = {}
     for key, value in config_to_dict(config).items():
         if isinstance(value, dict):
-            params.update({f"{key}.{k}": str(v) for k, v in value.items()})
+            params.update({f"{key}.{k}": _param(v) for k, v in value.items()})
         else:
-            params[key] = str(value)
+            params[key] = _param(value)
     return params
 
 
