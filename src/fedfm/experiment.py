@@ -130,10 +130,6 @@ def _run_standalone(p: Prepared, run_dir: Path, sinks) -> RunResult:
             sink.close()
     rows = []
     jsonl = JsonlSink(run_dir / "metrics.jsonl")
-    report = report_sinks(c.logging.report_to, run_dir, c)
-    sinks = [*sinks, *report]
-    for sink in report:
-        sink.start({"name": c.name, "rounds": c.federation.rounds, "start_round": 1})
     for r in range(c.federation.rounds):
         client_rows = [rs[r] for rs in per_client]
         accs = [x["accuracy"] for x in client_rows if x["accuracy"] is not None]
@@ -153,8 +149,7 @@ def _run_standalone(p: Prepared, run_dir: Path, sinks) -> RunResult:
         if ppl:  # task 'lm': the mean and the worst (highest) of the clients' perplexities
             row["perplexity"], row["perplexity_worst"] = float(np.mean(ppl)), float(np.max(ppl))
         rows.append(row)
-        for sink in (jsonl, *report):
-            sink.round(row)
+        jsonl.round(row)
     accs = [f["accuracy"] for f in finals]
     summary = {
         **summary_base(p, run_dir),
@@ -173,8 +168,13 @@ def _run_standalone(p: Prepared, run_dir: Path, sinks) -> RunResult:
         summary["final_perplexity"] = float(np.mean(ppl))
         summary["final_perplexity_worst"] = float(np.max(ppl))
         summary["final_perplexity_per_client"] = {f["client"]: f["perplexity"] for f in finals}
+    report = report_sinks(c.logging.report_to, run_dir, c)  # [logging] report_to: the rows
     try:
-        return finish(run_dir, rows, summary, sinks)
+        for sink in report:
+            sink.start({"name": c.name, "rounds": c.federation.rounds, "start_round": 1})
+            for row in rows:
+                sink.round(row)
+        return finish(run_dir, rows, summary, [*sinks, *report])
     finally:
         for sink in report:
             sink.close()
