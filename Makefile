@@ -7,11 +7,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
+export NO_MKDOCS_2_WARNING ?= 1
 
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: run test test-slow test-all lint format clean install bench bench-quick proto fuzz
+.PHONY: run test test-slow test-all lint format clean install bench bench-quick proto fuzz docs docs-serve
 
 install: $(STAMP)
 
@@ -59,6 +60,14 @@ bench: $(BENCH_STAMP)
 bench-quick: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/fedfm bench --quick $(ARGS)
 
+# The documentation site (MkDocs, Material theme) into site/, warnings as errors: the config
+# reference is generated from the schema, the API reference from the docstrings.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	$(BIN)/mkdocs serve
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
@@ -77,4 +86,4 @@ proto:
 		--grpc_python_out=. fedfm/runtimes/grpc/fedfm.proto
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) $(PROTO_VENV) runs bench-runs .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) $(PROTO_VENV) runs bench-runs .pytest_cache site

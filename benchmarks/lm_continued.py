@@ -35,7 +35,7 @@ from lm_pretraining import DATA, client_text, hardware  # noqa: E402
 import fedfm  # noqa: E402
 from fedfm.config import load_config  # noqa: E402
 from fedfm.data.tokens import cache_dir  # noqa: E402
-from fedfm.tasks.lm import load_trained  # noqa: E402
+from fedfm.tasks.lm import LanguageModelTask  # noqa: E402
 
 CONTINUED = [
     "name=continued",
@@ -121,7 +121,7 @@ def continued(config, out: Path, work: Path, merged: Path, figures: dict) -> Non
     print(f"perplexity {base['perplexity']:.2f} -> {run['final_perplexity']:.2f}", flush=True)
 
     # the merged model, as a folder another run can name
-    tokenizer, model = load_trained(result.run_dir, config)
+    tokenizer, model = LanguageModelTask.load_trained(result.run_dir, config)
     model.save_pretrained(str(merged))
     tokenizer.save_pretrained(str(merged))
     del model

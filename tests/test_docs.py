@@ -1,8 +1,11 @@
-"""The guide's code runs as written: the snippets of "Reloading a trained model", on a real run."""
+"""The docs: the guide's code runs as written (the snippets of "Reloading a trained model", on a
+real run), and the MkDocs site builds with warnings as errors."""
 
 from __future__ import annotations
 
 import re
+
+import pytest
 
 from tests.conftest import ROOT
 
@@ -23,3 +26,38 @@ def test_guide_reload_snippets_run(finished_run, tmp_path, monkeypatch):
         namespace: dict = {}
         exec(compile(code, "docs/guide.md", "exec"), namespace)  # noqa: S102
     assert namespace["head"]["weight"].shape == (4, 384)
+
+
+def test_the_site_builds_with_warnings_as_errors(tmp_path):
+    """``mkdocs build --strict`` (as ``make docs``): every page, the generated config reference
+    and the API reference from the docstrings, with no broken link or failed reference."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+        "NO_MKDOCS_2_WARNING": "1",
+    }
+    site = tmp_path / "site"
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml")]
+        + ["-d", str(site)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (site / "index.html").is_file()
+    for page in ("usage", "guide", "logging", "network", "workflows", "fm4fl", "benchmarks"):
+        assert (site / page / "index.html").is_file(), page
+    reference = (site / "config" / "index.html").read_text()
+    for key in ("federation.rounds", "logging.report_to", "strategy.server_lr", "method.r"):
+        assert f"<code>{key}</code>" in reference, key
+    api = (site / "api" / "index.html").read_text()
+    for name in ("fedfm.run", "fedfm.metrics.sinks.Sink", "fedfm.strategies.base.Strategy"):
+        assert f'id="{name}"' in api, name

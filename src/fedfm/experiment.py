@@ -20,7 +20,7 @@ import torch
 from fedfm import assemble
 from fedfm.config import ExperimentConfig
 from fedfm.errors import ResumeError
-from fedfm.metrics.sinks import ConsoleSink, JsonlSink, Sink
+from fedfm.metrics.sinks import ConsoleSink, JsonlSink, Sink, report_sinks
 from fedfm.prepared import Prepared
 from fedfm.rundir import (
     RunResult,
@@ -170,4 +170,13 @@ def _run_standalone(p: Prepared, run_dir: Path, sinks) -> RunResult:
         summary["final_perplexity"] = float(np.mean(ppl))
         summary["final_perplexity_worst"] = float(np.max(ppl))
         summary["final_perplexity_per_client"] = {f["client"]: f["perplexity"] for f in finals}
-    return finish(run_dir, rows, summary, sinks)
+    report = report_sinks(c.logging.report_to, run_dir, c)  # [logging] report_to: the rows
+    try:
+        for sink in report:
+            sink.start({"name": c.name, "rounds": c.federation.rounds, "start_round": 1})
+            for row in rows:
+                sink.round(row)
+        return finish(run_dir, rows, summary, [*sinks, *report])
+    finally:
+        for sink in report:
+            sink.close()

@@ -9,14 +9,15 @@ from pathlib import Path
 
 from fedfm.config import load_config
 from fedfm.errors import ConfigError, ModelError
+from fedfm.tasks import TASKS
 
 __all__ = ["export_merged"]
 
 
 def export_merged(run_dir: str | Path, out: str | Path) -> Path:
     """Write the run's model, adapter merged, to the new folder ``out``: a sequence classifier
-    (``pipeline("text-classification", model=out, trust_remote_code=True)``) or, for a causal_lm
-    run, a causal LM (``pipeline("text-generation", model=out)``)."""
+    (``pipeline("text-classification", model=out, trust_remote_code=True)``) or, for a task that
+    generates text (``causal_lm``, ``lm``), a causal LM (``pipeline("text-generation", model=out)``)."""
     run_dir, out = Path(run_dir), Path(out)
     if not (run_dir / "summary.json").is_file():
         raise ModelError(f"{str(run_dir)!r} is not a finished run directory (no summary.json)")
@@ -29,9 +30,10 @@ def export_merged(run_dir: str | Path, out: str | Path) -> Path:
             "inputs, not weights); allowed: lora, adapter, head, full"
         )
     out.mkdir(parents=True, exist_ok=True)
+    task = TASKS.get(config.task.type)
     try:
-        if config.task.type == "causal_lm":
-            _causal_lm(run_dir, out)
+        if task.generates:  # causal_lm, lm: a causal LM
+            _causal_lm(task, run_dir, config, out)
         else:
             _classifier(run_dir, out, config.data.max_length)
     except BaseException:
@@ -75,9 +77,7 @@ def _classifier(run_dir: Path, out: Path, max_length: int) -> None:
     tokenizer.save_pretrained(str(out))
 
 
-def _causal_lm(run_dir: Path, out: Path) -> None:
-    from fedfm.tasks.causal_lm import load_exported
-
-    tokenizer, model = load_exported(run_dir)
+def _causal_lm(task, run_dir: Path, config, out: Path) -> None:
+    tokenizer, model = task.load_trained(run_dir, config)
     _merged(model).save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))

@@ -10,6 +10,8 @@ The run directory (``runs/<name>/``) is a contract later tools rely on::
     adapter/         peft adapter + head.safetensors (lora, prompt, adapter); model/ for head, full;
                      causal_lm: the peft adapter and the tokenizer
     report.html      one self-contained page with the config, per-round table and plots
+    tensorboard/     with ``[logging] report_to = ["tensorboard"]``: TensorBoard event files
+    mlruns/          with ``report_to = ["mlflow"]`` (and no $MLFLOW_TRACKING_URI): an MLflow store
 
 A network server (``fedfm serve``) writes the same files, plus ``server.sqlite`` and ``updates/``.
 """
@@ -36,7 +38,7 @@ from fedfm.config import ExperimentConfig, config_to_dict, config_to_toml, load_
 from fedfm.errors import ResumeError
 from fedfm.metrics.memory import peak_rss_mb
 from fedfm.metrics.report import write_report
-from fedfm.metrics.sinks import JsonlSink, Sink
+from fedfm.metrics.sinks import JsonlSink, Sink, check_report_to, report_sinks
 from fedfm.modelcard import write_model_card
 from fedfm.prepared import Prepared
 from fedfm.privacy.audit import audit_summary
@@ -157,6 +159,7 @@ def open_run(
 ) -> tuple[Path, list[dict[str, Any]]]:
     """The run directory (new, or the resumed one) with its config, partition and fm4fl files
     written, and ``metrics.jsonl`` cut back to the rows before ``start_round`` (returned)."""
+    check_report_to(p.config.logging.report_to)  # a missing library stops the run before it starts
     if resume is None:
         run_dir = unique_run_dir(Path(out), p.config.name)
         (run_dir / "config.toml").write_text(config_to_toml(p.config))
@@ -272,10 +275,30 @@ def drive(
     start_round: int,
     rows: list[dict[str, Any]],
 ) -> RunResult:
-    """Run a built Federation (restored from ``ckpt`` if given), score, export, summarise."""
+    """Run a built Federation (restored from ``ckpt`` if given), score, export, summarise.
+    The sinks of ``[logging] report_to`` are built here, for the run directory, and closed."""
+    report = report_sinks(p.config.logging.report_to, run_dir, p.config)
+    try:
+        return _drive(p, fed, run_dir, [*sinks, *report], ckpt, start_round, rows, report)
+    finally:
+        for sink in report:
+            sink.close()
+
+
+def _drive(
+    p: Prepared,
+    fed: Federation,
+    run_dir: Path,
+    sinks: Sequence[Sink],
+    ckpt: Checkpoint | None,
+    start_round: int,
+    rows: list[dict[str, Any]],
+    report: Sequence[Sink],
+) -> RunResult:
     c = p.config
     centralized = c.federation.mode == "centralized"
     fed.sinks.insert(0, JsonlSink(run_dir / "metrics.jsonl"))
+    fed.sinks.extend(report)
     fed.start_info["model_loaded_at"] = p.model_loaded_at
     state = p.task.get_state()
     if ckpt is not None:

@@ -427,3 +427,41 @@ def test_a_servers_own_strategy_plugin_needs_nothing_on_the_clients(tmp_path):
     assert summary["strategy"] == "geomedian" and summary["rounds"] == 2
     assert summary["rejected_updates"] == 0
     assert "done: trained in 2 rounds" in (tmp_path / "join-c0.log").read_text()
+
+
+@pytest.mark.slow  # 2 minutes: 3 processes, 2 rounds
+def test_a_servers_report_to_sinks_log_the_served_rounds(tmp_path):
+    """`fedfm serve` feeds the [logging] report_to sinks, a custom one from the server's own
+    plug-ins included; the clients receive the experiment without them and train as usual."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tests.metrics.test_sinks_report_to import _docs_example
+
+    plugins = tmp_path / "server-plugins"
+    plugins.mkdir()
+    (plugins / "csv_rounds_sink.py").write_text(_docs_example())
+    overrides = [
+        *NET,
+        "partition.clients=2",
+        "federation.clients_per_round=2",
+        "federation.rounds=2",
+        'logging.report_to=["tensorboard", "csv_rounds"]',
+        'plugins.modules=["csv_rounds_sink"]',
+        f"plugins.paths=[{str(plugins)!r}]",
+    ]
+    d = Deployment(tmp_path, overrides)
+    d.run_to_the_end()
+    rows = [json.loads(line) for line in (d.run_dir() / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    events = EventAccumulator(str(d.run_dir() / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.value for e in events.Scalars("accuracy")] == pytest.approx(
+        [r["accuracy"] for r in rows], rel=1e-6
+    )
+    assert [e.value for e in events.Scalars("bytes_up")] == pytest.approx(
+        [r["bytes_up"] for r in rows], rel=1e-6
+    )
+    csv = (d.run_dir() / "rounds.csv").read_text().splitlines()
+    assert csv == [f"{r['round']},{r['accuracy']},{r['loss']}" for r in rows]
+    assert "done: trained in 2 rounds" in (tmp_path / "join-c0.log").read_text()

@@ -14,6 +14,7 @@ from fedfm.config.sections import (
     DataConfig,
     EvaluationConfig,
     FederationConfig,
+    LoggingConfig,
     ModelConfig,
     PartitionConfig,
     PluginsConfig,
@@ -83,8 +84,8 @@ def _strategy_spec_default() -> Any:
 class ExperimentConfig:
     """A whole experiment; ``ExperimentConfig()`` is the built-in default."""
 
-    name: str = "agnews-lora"
-    seed: int = 0
+    name: str = "agnews-lora"  # the run directory's name (runs/<name>/, -2, -3 … when taken)
+    seed: int = 0  # every random choice (partition, sampling, init, noise) derives from it
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -103,6 +104,7 @@ class ExperimentConfig:
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
 
     def __post_init__(self) -> None:
@@ -152,6 +154,7 @@ SECTIONS: dict[str, type] = {
     "warmup": WarmupConfig,
     "synthetic": SyntheticConfig,
     "evaluation": EvaluationConfig,
+    "logging": LoggingConfig,
     "plugins": PluginsConfig,
 }
 """The sections whose schema is fixed, in file order; ``[method]`` and ``[strategy]`` are the

@@ -78,11 +78,11 @@ class WarmupConfig:
 
     source: str = "none"  # none | transfer | synthetic
     data: str = ""  # transfer: a table (TSV/CSV/JSONL) of unlabelled texts
-    text_column: str = "text"
+    text_column: str = "text"  # transfer: the column of the texts
     offset: int = 0  # transfer: skip the first N rows (e.g. rows the clients hold)
     rows: int = 2000  # transfer: use at most N rows
-    steps: int = 100
-    batch_size: int = 32
+    steps: int = 100  # server training steps of the warm-up
+    batch_size: int = 32  # examples per warm-up step
     lr: float = 0.0  # 0 = federation.lr
     # > 0: after every round the server also distils the ensemble of that round's client models
     # (their mean tempered probabilities on the transfer table) into the aggregate for this many
@@ -116,20 +116,20 @@ class SyntheticConfig:
     """GPT-FL synthetic data: label-conditioned prompts to a generative FM (see
     :mod:`fedfm.fm4fl.synthetic`), then verified (:mod:`fedfm.fm4fl.verify`)."""
 
-    model: str = "smollm2"
+    model: str = "smollm2"  # the generative FM: smollm2, a local folder or an HF id
     # a JSONL of {"text", "label"} rows generated elsewhere (e.g. by a larger FM behind an API):
     # used instead of generating, and verified the same way
     file: str = ""
     per_label: int = 100  # samples generated per label
     prompt: str = "Write one short news article about {description}."  # {label}, {description}
-    temperature: float = 1.0
-    top_p: float = 0.95
-    max_new_tokens: int = 64
-    batch_size: int = 16
+    temperature: float = 1.0  # sampling temperature of the generation
+    top_p: float = 0.95  # nucleus sampling: the smallest token set of this probability
+    max_new_tokens: int = 64  # longest sample, in tokens
+    batch_size: int = 16  # prompts generated at once
     verify: bool = True  # near-duplicate check against client data, quality filters, balance
     near_duplicate: float = 0.5  # Jaccard similarity (MinHash estimate) that counts as a copy
-    min_words: int = 8
-    max_words: int = 200
+    min_words: int = 8  # quality filter: shorter samples are dropped
+    max_words: int = 200  # quality filter: longer samples are dropped
     balance: bool = True  # drop surplus samples to match the clients' label distribution
 
     def __post_init__(self) -> None:

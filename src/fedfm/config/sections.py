@@ -23,7 +23,7 @@ class TaskConfig:
     of a language model on unlabelled text (``data.text_column``, packed into blocks of
     ``data.max_length`` tokens), scored by held-out perplexity."""
 
-    type: str = "classification"
+    type: str = "classification"  # the task: what the model learns and how it is scored
     # causal_lm, labelled table as data: the question put before each row's text; the label answers
     instruction: str = ""
     max_new_tokens: int = 8  # causal_lm: greedy answer length for exact-match scoring
@@ -51,7 +51,7 @@ class ModelConfig:
     "lm"`` (default model ``smollm2``) a scratch model takes the model's tokenizer and a
     SmolLM2-shaped decoder of ``layers`` layers of width ``hidden_size`` (0 = the model's own)."""
 
-    name: str = "minilm"
+    name: str = "minilm"  # "minilm", "smollm2", a local folder or .gguf file, or an HF id
     init: str = "pretrained"  # pretrained | scratch
     layers: int = 0  # encoder: keep the first N layers; lm scratch: N layers; 0 = the model's
     hidden_size: int = 0  # lm scratch: the width (a multiple of 64); 0 = the model's own
@@ -72,12 +72,12 @@ class ModelConfig:
 class DataConfig:
     """Where the data are and which columns hold text and label."""
 
-    train: str = "${FEDFM_DATA}/agnews/train.tsv"
+    train: str = "${FEDFM_DATA}/agnews/train.tsv"  # training table: CSV, TSV, JSONL or Parquet
     # "" = no test file: hold out test_fraction of the training rows (seeded) as the test set
     test: str = "${FEDFM_DATA}/agnews/test.tsv"
-    test_fraction: float = 0.2
-    text_column: str = "text"
-    label_column: str = "label"
+    test_fraction: float = 0.2  # share of the training rows held out when test = ""
+    text_column: str = "text"  # the column of the input text
+    label_column: str = "label"  # the column of the label (classification)
     labels: tuple[str, ...] = ()  # fixes the label order; default: sorted labels of train
     max_length: int = 64  # tokens per example after truncation; task 'lm': tokens per block
     train_rows: int = 0  # use only the first N training rows (0 = all)
@@ -118,8 +118,8 @@ class DataConfig:
 class PartitionConfig:
     """How the training rows are split over clients."""
 
-    scheme: str = "dirichlet"
-    clients: int = 10
+    scheme: str = "dirichlet"  # how rows are dealt to clients: label skew, shards, sizes, a column
+    clients: int = 10  # number of clients (column: 0 = one per group)
     alpha: float = 0.5  # dirichlet: concentration; small = strong label skew
     classes_per_client: int = 2  # shards
     sigma: float = 1.0  # quantity: log-normal sigma of client sizes
@@ -161,14 +161,14 @@ class FederationConfig:
     """The round loop's budget and the clients' local training."""
 
     mode: str = "federated"  # federated | centralized | standalone
-    rounds: int = 20
-    clients_per_round: int = 5
-    local_steps: int = 10
+    rounds: int = 20  # federated rounds
+    clients_per_round: int = 5  # clients selected (seeded) each round
+    local_steps: int = 10  # optimizer steps each selected client takes per round
     local_epochs: float = 0.0  # > 0 replaces local_steps by epochs over the client's rows
-    batch_size: int = 32
-    lr: float = 2e-3
-    optimizer: str = "adamw"
-    weight_decay: float = 0.0
+    batch_size: int = 32  # examples per local step
+    lr: float = 2e-3  # the clients' learning rate
+    optimizer: str = "adamw"  # the clients' optimizer (its state stays on the client)
+    weight_decay: float = 0.0  # decoupled weight decay (adamw) or L2 (adam, sgd)
     precision: str = "bf16"  # bf16 autocast on CPU, or fp32
     length_grouping: int = 8  # batches per length-sorted window (less padding); 1 = plain random
     eval_every: int = 1  # evaluate the global model every N rounds (and always after the last)
@@ -212,7 +212,7 @@ class RuntimeConfig:
     """Where clients run: ``sim`` (in-process, one shared frozen base), ``ray`` (Ray actors, each
     with one frozen base; local or a cluster) or ``grpc`` (network clients of ``fedfm serve``)."""
 
-    type: str = "sim"
+    type: str = "sim"  # the runtime: sim (in-process), ray, grpc (fedfm serve)
     threads: int = 0  # torch threads; 0 = all cores
     workers: int = 2  # ray: actors, each holding the frozen base once
     cpus_per_worker: float = 1.0  # ray: CPUs reserved per actor (also its torch threads)
@@ -229,8 +229,8 @@ class RuntimeConfig:
 class CodecConfig:
     """Codec pipelines for the downlink (server → client) and uplink (client → server)."""
 
-    up: tuple[str, ...] = ()
-    down: tuple[str, ...] = ()
+    up: tuple[str, ...] = ()  # the uplink chain (client → server), applied in order
+    down: tuple[str, ...] = ()  # the downlink chain (server → client), applied in order
 
     def __post_init__(self) -> None:
         codecs: Any = registry("codec")  # fedfm.codecs.base._CodecRegistry
@@ -331,8 +331,8 @@ class EvaluationConfig:
     the round's clients on their own held-out rows (``clients``; a server without a test set),
     or both. ``client_split`` is each client's held-out share of its rows (never trained on)."""
 
-    where: str = "server"
-    client_split: float = 0.0
+    where: str = "server"  # server | clients | both
+    client_split: float = 0.0  # each client's held-out share of its rows (clients, both)
 
     def __post_init__(self) -> None:
         check_choice("evaluation.where", self.where, ["server", "clients", "both"])
@@ -363,7 +363,28 @@ class PluginsConfig:
     """Modules of the user's own plug-ins, imported before the rest of the config is read
     (from the config file's folder, the current folder, or ``sys.path``)."""
 
-    modules: tuple[str, ...] = ()
+    modules: tuple[str, ...] = ()  # modules to import: they register plug-ins by name
     # Folders searched first; the folder of the config file that named the modules is added,
     # so that a resumed run finds them again.
     paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Where the per-round metrics go besides the console, ``metrics.jsonl`` and the report:
+    ``report_to`` names sinks of the ``sink`` registry, e.g. ``["tensorboard", "mlflow"]``
+    (event files in ``<run_dir>/tensorboard``; an MLflow run in ``<run_dir>/mlruns``, or at
+    ``$MLFLOW_TRACKING_URI`` when set). A plug-in module can register more."""
+
+    report_to: tuple[str, ...] = ()  # sinks that get every round's metrics and the summary
+
+    def __post_init__(self) -> None:
+        sinks = registry("sink")
+        for name in self.report_to:
+            sinks.get(name)  # unknown: names the key, the value and the registered sinks
+        check(
+            len(set(self.report_to)) == len(self.report_to),
+            "logging.report_to",
+            self.report_to,
+            "each sink once",
+        )

@@ -18,8 +18,8 @@ class PrivacyConfig:
     dp: str = "none"  # none | central | distributed | local (example-level DP-SGD on each client)
     accountant: str = "rdp"  # rdp | prv (opacus)
     noise_multiplier: float = 0.0  # σ; 0 with target_epsilon > 0: calibrated to reach it
-    target_epsilon: float = 0.0
-    delta: float = 1e-5
+    target_epsilon: float = 0.0  # > 0: σ is calibrated so that the run ends at this ε
+    delta: float = 1e-5  # the δ of (ε, δ)-DP
     clip: str = "fixed"  # fixed | adaptive (quantile clipping, Andrew et al. 2021)
     clip_norm: float = 1.0  # the fixed norm, or the initial one for adaptive clipping
     target_quantile: float = 0.5  # adaptive: share of updates left unclipped
@@ -68,7 +68,7 @@ class PrivacyConfig:
 class SecAggConfig:
     """Secure aggregation: the server learns only the sum of the clients' updates."""
 
-    enabled: bool = False
+    enabled: bool = False  # mask updates so the server sees only their sum
     threshold: int = 0  # t: shares needed to recover a mask; 0 = a majority of the round's clients
     fraction_bits: int = 16  # fixed-point resolution 2^-bits
     modulus_bits: int = 32  # the ring Z_(2^bits)

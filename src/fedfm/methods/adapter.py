@@ -11,9 +11,11 @@ from fedfm.methods.base import METHODS, Method
 
 @dataclass(frozen=True)
 class AdapterSpec:
-    kind: str = "ia3"
+    kind: str = "ia3"  # the adapter: IA3 (learned rescaling vectors, Liu et al. 2022)
     target_modules: tuple[str, ...] = ()  # empty: peft's default for the model type
-    feedforward_modules: tuple[str, ...] = ()
+    feedforward_modules: tuple[
+        str, ...
+    ] = ()  # which of target_modules are feed-forward (empty: peft's default)
 
     def __post_init__(self) -> None:
         check(self.kind == "ia3", "method.kind", self.kind, "'ia3'")

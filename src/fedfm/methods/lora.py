@@ -39,10 +39,13 @@ from fedfm.strategies.lora_aggregation import lora_pairs, svd_factors
 
 @dataclass(frozen=True)
 class LoraSpec:
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("query", "value")
+    r: int = 8  # rank of the low-rank update B·A
+    alpha: float = 16.0  # scaling: the update is (alpha / r)·B·A
+    dropout: float = 0.05  # dropout on the LoRA input
+    target_modules: tuple[str, ...] = (
+        "query",
+        "value",
+    )  # modules that get LoRA (causal LMs: q_proj, v_proj)
     freeze_a: bool = False  # FFA-LoRA: A frozen at its init; only B (and the head) train
     # Heterogeneous clients: client i trains rank client_ranks[i % len] (each 1 … r); () = all r.
     client_ranks: tuple[int, ...] = ()

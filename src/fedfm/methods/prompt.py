@@ -10,7 +10,7 @@ from fedfm.methods.base import METHODS, Method
 
 @dataclass(frozen=True)
 class PromptSpec:
-    num_virtual_tokens: int = 16
+    num_virtual_tokens: int = 16  # learned soft-prompt vectors put before the input
 
     def __post_init__(self) -> None:
         check(

@@ -1,15 +1,55 @@
-"""Sinks: where per-round metrics go (the live console display, metrics.jsonl)."""
+"""Sinks: where per-round metrics go (the live console display, metrics.jsonl, and the sinks
+that ``[logging] report_to`` names, such as TensorBoard and MLflow).
+
+A sink named in ``report_to`` is a :class:`Sink` subclass registered in :data:`SINKS`; the run
+builds it as ``cls(run_dir, config)`` once the run directory exists, on ``fedfm run`` and on
+``fedfm serve`` alike.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fedfm.errors import ConfigError
+from fedfm.registry import Registry
+
 
 class Sink:
-    """Receives the run's events; every method is optional."""
+    """Receives a run's events; every method is optional.
+
+    The events come in this order: ``start`` once, then per round ``client_done`` as clients
+    answer and ``round`` with the round's row, then ``end`` with the summary; ``close`` always
+    comes last, also when the run fails or is interrupted (``end`` then never comes). A resumed
+    run starts again at ``info["start_round"]``.
+
+    A sink of your own, named in ``[logging] report_to``, subclasses this, takes
+    ``(run_dir, config)`` and registers itself; its module is named in ``[plugins] modules``::
+
+        from fedfm.metrics import SINKS, Sink, scalars
+
+        @SINKS.register("csv")
+        class CsvSink(Sink):
+            # each round's accuracy and loss in <run_dir>/rounds.csv
+            def __init__(self, run_dir, config):
+                self.path = run_dir / "rounds.csv"
+
+            def round(self, row):
+                values = scalars(row)  # the row's numbers: accuracy, loss, bytes_up, ...
+                with self.path.open("a") as f:
+                    f.write(f"{row['round']},{values.get('accuracy', '')},{values['loss']}\\n")
+
+    ``requires`` names the modules a sink imports, checked before the run starts; a missing one
+    stops the run with one line that says what to ``pip install`` (``install``).
+    """
+
+    requires: tuple[str, ...] = ()  # modules the sink imports (checked before the run)
+    install: str = ""  # what to pip install when one is missing
 
     def start(self, info: dict[str, Any]) -> None:
         """The run begins: ``info`` has ``name``, ``rounds``, ``start_round``, ``clients``."""
@@ -18,13 +58,52 @@ class Sink:
         """One more of this round's clients has answered."""
 
     def round(self, row: dict[str, Any]) -> None:
-        """One round's metrics (the metrics.jsonl row)."""
+        """One round's metrics (the metrics.jsonl row): ``round``, ``loss``, ``accuracy`` (None
+        when not evaluated this round), ``bytes_up``, ``bytes_down``, ``round_seconds``,
+        ``clients`` and what the task, strategy and privacy settings add."""
 
     def end(self, summary: dict[str, Any]) -> None:
-        """The run finished with this summary."""
+        """The run finished with this summary (the summary.json figures)."""
 
     def close(self) -> None:
         """Release the display or file, also when the run fails."""
+
+
+SINKS: Registry[type[Sink]] = Registry("sink", "logging.report_to")
+"""The sinks ``[logging] report_to`` can name."""
+
+
+def scalars(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The finite numbers of a row or summary, nested tables flattened as ``table/key``
+    (lists, strings, booleans and None left out)."""
+    out: dict[str, float] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(scalars(value, f"{prefix}{key}/"))
+        elif (
+            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        ):
+            out[f"{prefix}{key}"] = float(value)
+    return out
+
+
+def check_report_to(names: Sequence[str]) -> None:
+    """Raise a ConfigError naming ``logging.report_to`` when a named sink is unknown or a
+    module it needs is not installed (before anything of the run is written)."""
+    for name in names:
+        cls = SINKS.get(name)
+        missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError(
+                f"logging.report_to = {name!r} needs the {', '.join(missing)} package, which is "
+                f"not installed; pip install {cls.install or ' '.join(missing)}"
+            )
+
+
+def report_sinks(names: Sequence[str], run_dir: Path, config: Any) -> list[Sink]:
+    """The sinks ``report_to`` names, built for this run directory."""
+    check_report_to(names)
+    return [SINKS.get(name)(run_dir, config) for name in names]
 
 
 class JsonlSink(Sink):

@@ -32,9 +32,9 @@ from fedfm.strategies.fedopt import _ServerOptimizer
 
 @dataclass(frozen=True)
 class DiLoCoSpec:
-    outer_lr: float = 0.7
-    momentum: float = 0.9
-    nesterov: bool = True
+    outer_lr: float = 0.7  # the server's (outer) learning rate on the mean delta
+    momentum: float = 0.9  # the outer optimizer's momentum
+    nesterov: bool = True  # Nesterov momentum (DiLoCo's outer optimizer)
 
     def __post_init__(self) -> None:
         check(

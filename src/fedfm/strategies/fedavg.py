@@ -27,7 +27,7 @@ class FedAvg(Strategy):
 
 @dataclass(frozen=True)
 class FedProxSpec:
-    mu: float = 0.01
+    mu: float = 0.01  # proximal term (mu/2)·‖w − w_global‖² added to each client's loss
 
     def __post_init__(self) -> None:
         check(self.mu >= 0 and math.isfinite(self.mu), "strategy.mu", self.mu, "≥ 0")

@@ -25,7 +25,7 @@ from fedfm.strategies.base import STRATEGIES, Strategy
 @dataclass(frozen=True)
 class FedBuffSpec:
     buffer_size: int = 3  # K: updates per server step
-    server_lr: float = 1.0
+    server_lr: float = 1.0  # step size on the buffer's mean delta
     staleness_exponent: float = 0.5  # s(τ) = (1 + τ)^−a; 0 = no discount
     max_staleness: int = 20  # older updates are dropped (logged)
     speed_sigma: float = 1.0  # simulation: log-normal spread of the clients' speeds

@@ -28,8 +28,8 @@ from fedfm.strategies.base import STRATEGIES, Strategy, example_weighted_mean
 
 @dataclass(frozen=True)
 class FedAvgMSpec:
-    server_lr: float = 1.0
-    momentum: float = 0.9
+    server_lr: float = 1.0  # the server's learning rate on the mean delta
+    momentum: float = 0.9  # the server's momentum
 
     def __post_init__(self) -> None:
         check(
@@ -43,9 +43,9 @@ class FedAvgMSpec:
 
 @dataclass(frozen=True)
 class FedAdaptiveSpec:
-    server_lr: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.99)
-    tau: float = 1e-3
+    server_lr: float = 0.01  # the server's learning rate on the mean delta
+    betas: tuple[float, float] = (0.9, 0.99)  # the adaptive optimizer's β1, β2
+    tau: float = 1e-3  # adaptivity: τ added to the root of the second moment
 
     def __post_init__(self) -> None:
         check(

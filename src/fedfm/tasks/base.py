@@ -149,6 +149,12 @@ class Task(SharedStateTask):
         """Text written by a finished run's model for each prompt (tasks with ``generates``)."""
         raise NotImplementedError
 
+    @classmethod
+    def load_trained(cls, run_dir: Path, config) -> tuple[Any, torch.nn.Module]:
+        """A finished run's ``(tokenizer, causal LM)`` in eval mode, any peft adapter applied
+        (tasks with ``generates``; ``fedfm export --merged`` saves it as one HF folder)."""
+        raise NotImplementedError
+
 
 class _TaskRegistry(Registry[type[Task]]):
     def register(self, name: str):

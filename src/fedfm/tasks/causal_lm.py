@@ -307,6 +307,11 @@ class CausalLMTask(Task):
         tokenizer, model = load_exported(run_dir)
         return generate_with(tokenizer, model, list(prompts), max_new_tokens)
 
+    @classmethod
+    def load_trained(cls, run_dir, config):
+        """The base with the run's peft adapter (see :func:`load_exported`)."""
+        return load_exported(run_dir)
+
     def export(self, out: Path, label_names: tuple[str, ...] = ()) -> Path:
         """Save the peft adapter and the tokenizer (with its chat template) to ``out``."""
         out.mkdir(parents=True, exist_ok=True)

@@ -247,6 +247,11 @@ class LanguageModelTask(Task):
         return out
 
     @classmethod
+    def load_trained(cls, run_dir: Path, config):
+        """The exported model (``full``), or the base with the adapter merged (``lora``)."""
+        return _load_trained(run_dir, config)
+
+    @classmethod
     def generate_text(
         cls,
         run_dir: Path,
@@ -258,7 +263,7 @@ class LanguageModelTask(Task):
     ) -> list[str]:
         """Continuations of ``prompts`` (plain text; '' starts a new document) sampled from the
         run's model at ``temperature`` (default 0.8, top-p 0.95; 0 = greedy)."""
-        tokenizer, model = load_trained(run_dir, config)
+        tokenizer, model = cls.load_trained(run_dir, config)
         temperature = 0.8 if temperature is None else temperature
         eos = int(tokenizer.eos_token_id)
         texts = []
@@ -283,7 +288,7 @@ class LanguageModelTask(Task):
         return texts
 
 
-def load_trained(run_dir: Path, config):
+def _load_trained(run_dir: Path, config):
     """``(tokenizer, model)`` of an ``lm`` run: the exported model (``full``), or the base with
     the run's peft adapter (``lora``), in eval mode."""
     method = METHODS.of(config.method)(config.method)

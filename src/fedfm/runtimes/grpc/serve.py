@@ -20,7 +20,13 @@ import torch
 from fedfm import assemble
 from fedfm.codecs import evaluation
 from fedfm.compat import check_network
-from fedfm.config import ExperimentConfig, PluginsConfig, ServerConfig, config_to_toml
+from fedfm.config import (
+    ExperimentConfig,
+    LoggingConfig,
+    PluginsConfig,
+    ServerConfig,
+    config_to_toml,
+)
 from fedfm.metrics.sinks import ConsoleSink, Sink
 from fedfm.privacy.mechanisms import mechanism
 from fedfm.privacy.secagg import max_message_bytes
@@ -107,6 +113,7 @@ def serve(
             privacy=client_privacy,
             strategy=ExperimentConfig().strategy,
             plugins=PluginsConfig(),
+            logging=LoggingConfig(),  # sinks are the server's (a custom one is in its plug-ins)
         )
     )
     min_clients = c.server.min_clients or c.federation.clients_per_round
