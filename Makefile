@@ -12,7 +12,7 @@ export NO_MKDOCS_2_WARNING ?= 1
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: run test test-slow test-all lint format clean install bench bench-quick proto fuzz docs docs-serve
+.PHONY: run test test-slow test-all lint format clean install bench bench-quick proto fuzz docs docs-serve config-reference
 
 install: $(STAMP)
 
@@ -67,6 +67,11 @@ docs: $(STAMP)
 
 docs-serve: $(STAMP)
 	$(BIN)/mkdocs serve
+
+# docs/config.md, readable on GitHub too; the site rebuilds it, a test checks it is current.
+config-reference: $(STAMP)
+	$(BIN)/python -c "import fedfm; from fedfm.config.reference import reference_markdown as r; print(r(), end='')" > docs/config.md.tmp
+	mv docs/config.md.tmp docs/config.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -61,3 +61,18 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path):
     api = (site / "api" / "index.html").read_text()
     for name in ("fedfm.run", "fedfm.metrics.sinks.Sink", "fedfm.strategies.base.Strategy"):
         assert f'id="{name}"' in api, name
+
+
+def test_the_committed_config_reference_is_the_generated_one():
+    """docs/config.md is read on GitHub as well as on the site: it must be what the schema
+    generates today (``make config-reference`` writes it)."""
+    import subprocess
+    import sys
+
+    # a fresh interpreter: plug-ins the tests register must not appear on the page
+    code = "import fedfm; from fedfm.config.reference import reference_markdown as r; print(r(), end='')"
+    generated = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    committed = (ROOT / "docs" / "config.md").read_text()
+    assert committed == generated, "docs/config.md is stale: run make config-reference"

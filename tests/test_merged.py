@@ -7,6 +7,7 @@ import pytest
 
 import fedfm
 from fedfm.cli import main
+from tests.tasks.test_causal_lm import TINY_LM
 
 TEXTS = [
     "Stocks fell sharply as oil prices climbed to a record high.",
@@ -50,23 +51,9 @@ def test_export_of_an_unfinished_run_is_one_line(finished_run, tmp_path, capsys,
 
 # ---- causal LM: a tiny instruction-tuned Llama, merged, loads in pipeline("text-generation") ----
 
-QUESTION = "Which topic is this news about? Answer with one word."
-TINY_CAUSAL_LM = [
-    "task.type=causal_lm",
-    f"task.instruction={QUESTION!r}",
-    "task.max_new_tokens=4",
-    "data.train_rows=48",
-    "data.test_rows=12",
-    "data.eval_rows=8",
-    "data.max_length=64",
-    "partition.clients=2",
-    "federation.clients_per_round=2",
-    "federation.rounds=2",
-    "federation.local_steps=2",
-    "federation.batch_size=4",
-    "federation.lr=1e-2",  # large enough that the merged adapter visibly changes the logits
-    "runtime.threads=1",
-]
+# the causal-LM tests' tiny instruction run, with a learning rate large enough that the merged
+# adapter visibly changes the logits
+TINY_CAUSAL_LM = [*TINY_LM, "federation.lr=1e-2"]
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])

@@ -121,6 +121,16 @@ class Deployment:
         finally:
             self.kill_all()
 
+    def refused_join(self, cid: str) -> str:
+        """Serve, join ``cid``, expect it to exit 2 (one line, before training): its log."""
+        try:
+            self.serve()
+            self.join(cid)
+            assert self.wait(cid, 120) == 2
+        finally:
+            self.kill_all()
+        return (self.root / f"join-{cid}.log").read_text()
+
     def run_dir(self) -> Path:
         return self.root / "runs" / "net"
 
@@ -238,13 +248,7 @@ def test_a_client_whose_file_lacks_the_columns_fails_before_training(tmp_path):
     d = Deployment(tmp_path, [*NET, "server.min_clients=4", "server.join_timeout=20"])
     (tmp_path / "wrong.csv").write_text("body,category\nhello,World\n")
     d.files["c0"] = tmp_path / "wrong.csv"
-    try:
-        d.serve()
-        d.join("c0")
-        assert d.wait("c0", 120) == 2
-    finally:
-        d.kill_all()
-    out = (tmp_path / "join-c0.log").read_text()
+    out = d.refused_join("c0")
     assert "data.text_column = 'text' is not a column" in out and "Traceback" not in out
 
 
@@ -252,13 +256,7 @@ def test_a_client_refuses_an_experiment_that_breaks_its_own_privacy_policy(tmp_p
     """fedfm join --require-secagg against a server without secure aggregation: one line, exit
     2, before any training; the update never leaves the client."""
     d = Deployment(tmp_path, [*NET, "server.min_clients=4"], join_args=("--require-secagg",))
-    try:
-        d.serve()
-        d.join("c0")
-        assert d.wait("c0", 120) == 2
-    finally:
-        d.kill_all()
-    out = (tmp_path / "join-c0.log").read_text()
+    out = d.refused_join("c0")
     assert "this client requires secure aggregation (--require-secagg)" in out
     assert "Traceback" not in out and "trained in" not in out
 
