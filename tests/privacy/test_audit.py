@@ -63,8 +63,9 @@ def test_the_audit_finds_membership_in_an_overfit_model_and_not_under_strong_dp(
         "data.train_rows=96",
         "partition.clients=2",
         "federation.clients_per_round=2",
-        "federation.rounds=4",
+        "federation.rounds=2",
         "federation.local_steps=24",
+        "data.eval_rows=50",
         "federation.lr=5e-3",
         "privacy.audit=true",
         "privacy.audit_rows=96",
@@ -78,4 +79,5 @@ def test_the_audit_finds_membership_in_an_overfit_model_and_not_under_strong_dp(
         ),
         out=tmp_path / "dp",
     ).summary
-    assert abs(private["mia_auc"] - 0.5) < 0.1 < memorised["mia_auc"] - private["mia_auc"]
+    # 96 members against 96 non-members: the AUC's standard error is about 0.04
+    assert abs(private["mia_auc"] - 0.5) < 0.15 < memorised["mia_auc"] - private["mia_auc"]
