@@ -21,6 +21,7 @@ class StepTrainer:
     """Moves every tensor by a seeded random step: a deterministic stand-in for training."""
 
     seed = 0
+    seen = None  # as Trainer: no record of the rows trained on (no audit)
 
     def fit(self, client_id, index, start, data, instructions):
         g = torch.Generator().manual_seed(instructions.round * 100 + index)

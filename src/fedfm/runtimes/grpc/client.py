@@ -294,6 +294,8 @@ class NetworkClient:
         task = ClientTask(self.client_id, payload, instructions)
         session = reply.secagg_session if protocol is not None else ""
         threshold = protocol.threshold if protocol is not None else 0
+        if self.ledger is None:  # a client driven without run() (it set .config itself)
+            self.ledger = ClientLedger(self.policy, self.config)
         if not instructions.evaluate:  # the client's own policy: before it computes anything
             if protocol is None:
                 self.policy.check_plain_round(rnd)
