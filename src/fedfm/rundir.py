@@ -278,8 +278,9 @@ def drive(
     """Run a built Federation (restored from ``ckpt`` if given), score, export, summarise.
     The sinks of ``[logging] report_to`` are built here, for the run directory, and closed."""
     report = report_sinks(p.config.logging.report_to, run_dir, p.config)
+    fed.sinks.extend(report)
     try:
-        return _drive(p, fed, run_dir, [*sinks, *report], ckpt, start_round, rows, report)
+        return _drive(p, fed, run_dir, [*sinks, *report], ckpt, start_round, rows)
     finally:
         for sink in report:
             sink.close()
@@ -293,12 +294,10 @@ def _drive(
     ckpt: Checkpoint | None,
     start_round: int,
     rows: list[dict[str, Any]],
-    report: Sequence[Sink],
 ) -> RunResult:
     c = p.config
     centralized = c.federation.mode == "centralized"
     fed.sinks.insert(0, JsonlSink(run_dir / "metrics.jsonl"))
-    fed.sinks.extend(report)
     fed.start_info["model_loaded_at"] = p.model_loaded_at
     state = p.task.get_state()
     if ckpt is not None:
