@@ -38,6 +38,7 @@ from fedfm.errors import ConfigError, DataError
 from fedfm.fm4fl.ensemble import wrap as ensemble_distillation
 from fedfm.fm4fl.pseudo import apply_scarce_labels
 from fedfm.fm4fl.warmup import warm_up
+from fedfm.governance import observers as governance_observers
 from fedfm.methods import METHODS, Method
 from fedfm.prepared import Prepared
 from fedfm.privacy.federated import ProtectedAggregation, client_transform
@@ -389,6 +390,7 @@ def federation(
         name=c.name,
         dropout=c.federation.dropout,
         limits=c.limits,
+        observers=governance_observers(p, run_dir),
     )
 
 

@@ -48,6 +48,15 @@ def check_compatible(config: ExperimentConfig) -> None:
         )
     if secure and config.federation.clients_per_round < 2:
         raise ConfigError("secagg.enabled = true needs federation.clients_per_round ≥ 2")
+    if config.governance.keep_updates and (secure or strategy.asynchronous):
+        raise ConfigError(
+            "governance.keep_updates = true needs each client's update of a synchronous round "
+            + (
+                "(secure aggregation hides them)"
+                if secure
+                else f"({name!r} aggregates buffered updates of different rounds)"
+            )
+        )
     if config.warmup.ensemble_steps and strategy.asynchronous:
         raise ConfigError(
             "warmup.ensemble_steps > 0 needs a synchronous strategy; "

@@ -322,6 +322,9 @@ def _drive(
     final = _final_figures(p, fed.rows)
     export_dir = run_dir / ("adapter" if p.task.method.is_peft else "model")
     p.task.export(export_dir, p.train.label_names)
+    governance: dict[str, Any] = {}
+    for observer in fed.observers:  # kept updates, provenance, contribution values
+        governance.update(observer.finish(run_dir, state, export_dir))
     summary = {
         **summary_base(p, run_dir),
         "final_accuracy": final["accuracy"],
@@ -345,5 +348,6 @@ def _drive(
             else {}
         ),
         "export_dir": str(export_dir),
+        **governance,
     }
     return finish(run_dir, fed.rows, summary, sinks)

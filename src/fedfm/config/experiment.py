@@ -9,6 +9,7 @@ from typing import Any
 
 from fedfm.config.checks import check, registry
 from fedfm.config.fm4fl import SyntheticConfig, TeacherConfig, WarmupConfig
+from fedfm.config.governance import GovernanceConfig
 from fedfm.config.sections import (
     CodecConfig,
     DataConfig,
@@ -104,6 +105,7 @@ class ExperimentConfig:
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    governance: GovernanceConfig = field(default_factory=GovernanceConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
 
@@ -154,6 +156,7 @@ SECTIONS: dict[str, type] = {
     "warmup": WarmupConfig,
     "synthetic": SyntheticConfig,
     "evaluation": EvaluationConfig,
+    "governance": GovernanceConfig,
     "logging": LoggingConfig,
     "plugins": PluginsConfig,
 }

@@ -107,13 +107,16 @@ class AsyncFederation(Federation):
             )
             update.metrics["staleness"] = float(staleness)
             buffer.append(update)
+            self._payloads[cid] = result
             if len(buffer) < spec.buffer_size:
                 continue
+            self._before = state
             state = self.strategy.aggregate(version + 1, state, buffer)
             version += 1
             extra: dict[str, Any] = {**self.strategy.round_metrics(), "sim_time": clock}
             self._log_round(version, state, buffer, bytes_up, bytes_down, t0, extra)
             buffer, bytes_up, bytes_down, t0 = [], 0, 0, time.perf_counter()
+            self._payloads = {}
             views[version] = self._publish(version, state, template)
             for old in [v for v in views if v != version and v not in in_flight.values()]:
                 del views[old]

@@ -26,6 +26,7 @@ from fedfm.metrics.memory import peak_rss_mb
 from fedfm.metrics.sinks import Sink
 from fedfm.server import admission
 from fedfm.server.checkpoint import Checkpoint, save_checkpoint
+from fedfm.server.observers import RoundObserver, RoundRecord
 from fedfm.state import FitInstructions, State, Update, clone_state
 from fedfm.strategies.base import Strategy
 
@@ -54,6 +55,7 @@ class Federation:
         name: str = "run",
         dropout: float = 0.0,
         limits: LimitsConfig | None = None,
+        observers: Sequence[RoundObserver] = (),
     ) -> None:
         self.strategy = strategy
         self.runtime = runtime
@@ -71,6 +73,9 @@ class Federation:
         self.name = name
         self.dropout = dropout
         self.limits = limits or LimitsConfig()
+        self.observers = list(observers)  # see each round after its checkpoint
+        self._before: State | None = None  # this round's starting global state
+        self._payloads: dict[str, bytes] = {}  # this round's admitted uploads
         self.start_info: dict[str, Any] = {}  # extra fields of the sinks' start event
         self.rows: list[dict[str, Any]] = []
         self.totals: dict[str, Any] = {"bytes_up": 0, "bytes_down": 0, "seconds": 0.0}
@@ -100,6 +105,7 @@ class Federation:
 
     def round(self, rnd: int, state: State, template: State) -> State:
         t0 = time.perf_counter()
+        self._before, self._payloads = state, {}
         rng = np.random.default_rng([self.seed, rnd, 0x5E1EC7])
         candidates = self.runtime.available(self.client_ids)
         k = min(self.clients_per_round, len(candidates))
@@ -271,10 +277,17 @@ class Federation:
         for sink in self.sinks:
             sink.round(row)
         # After the row is logged: a resume redoes any round whose checkpoint is missing.
+        path = None
         if self.run_dir is not None:
             memory = {**self.memory_state(), **self.runtime.state_dict()}
             ckpt = Checkpoint(rnd, state, self.strategy.state_dict(), memory, dict(self.totals))
-            save_checkpoint(self.run_dir, ckpt)
+            path = save_checkpoint(self.run_dir, ckpt)
+        if self.observers:
+            before = self._before if self._before is not None else state
+            payloads = {u.client_id: self._payloads.get(u.client_id, b"") for u in updates}
+            record = RoundRecord(rnd, before, state, list(updates), payloads, row, path)
+            for observer in self.observers:
+                observer.round(record)
 
     def _count_tokens(self, updates: list[Update]) -> int:
         """The tokens this round's clients trained on (their reported ``tokens``), added to the
@@ -361,6 +374,7 @@ class Federation:
             self._reject(rnd, cid, ProtocolError(f"undecodable upload ({type(e).__name__}: {e})"))
             return None
         self.runtime.keep(rnd, cid, payload)
+        self._payloads[cid] = payload
         return update
 
     def _decode(

@@ -1,0 +1,27 @@
+"""Governance of a shared model: kept updates, contribution values and payouts, unlearning,
+signed provenance, cross-client deduplication (``[governance]``).
+
+:func:`observers` gives the round observers a run's config asks for; the command-line tools
+(``fedfm contrib``, ``fedfm unlearn``, ``fedfm verify``) read what they left in the run directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedfm.governance.kept import KeepUpdates, KeptRound, kept_rounds, load_round
+from fedfm.prepared import Prepared
+from fedfm.server.observers import RoundObserver
+
+__all__ = ["KeepUpdates", "KeptRound", "kept_rounds", "load_round", "observers"]
+
+
+def observers(p: Prepared, run_dir: Path | None) -> list[RoundObserver]:
+    """The round observers ``[governance]`` asks for (none without a run directory)."""
+    g = p.config.governance
+    if run_dir is None:
+        return []
+    out: list[RoundObserver] = []
+    if g.keep_updates:
+        out.append(KeepUpdates(run_dir))
+    return out

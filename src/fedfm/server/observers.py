@@ -1,0 +1,39 @@
+"""Round observers: parts that must see what the server saw in each round, after it is
+checkpointed (the kept updates of ``[governance]``, the signed provenance log), and the final
+state once the model is exported.
+
+An observer sees exactly what the server holds: the global state before and after the round,
+each admitted client's decoded update and the bytes it uploaded; under secure aggregation only
+the sum, so ``updates`` and ``payloads`` are empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedfm.state import State, Update
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    before: State  # the global state the round started from
+    after: State  # the global state it ended with
+    updates: list[Update]  # the admitted updates, in selection order (empty: secure round)
+    payloads: dict[str, bytes]  # each admitted client's uploaded bytes
+    row: dict[str, Any]  # the round's metrics row
+    checkpoint: Path | None = None  # the checkpoint written for the round, if any
+
+
+class RoundObserver:
+    """Override what you need; both calls happen on the server, in round order."""
+
+    def round(self, record: RoundRecord) -> None:
+        """After round ``record.round`` was logged and checkpointed."""
+
+    def finish(self, run_dir: Path, state: State, export_dir: Path) -> dict[str, Any]:
+        """After training, once the final model is exported to ``export_dir``; returns fields
+        for the run's summary (or an empty dict)."""
+        return {}
