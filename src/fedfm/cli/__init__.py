@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 
-from fedfm.cli import commands
+from fedfm.cli import commands, governance
 from fedfm.cli.parser import build_parser
 from fedfm.errors import FedFMError
 
@@ -30,6 +30,7 @@ COMMANDS = {
     "join": commands.cmd_join,
     "certs": commands.cmd_certs,
     "dashboard": commands.cmd_dashboard,
+    **governance.COMMANDS,
 }
 
 

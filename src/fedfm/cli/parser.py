@@ -6,6 +6,7 @@ import argparse
 from importlib import metadata
 
 from fedfm.bench.scenarios import SCENARIOS
+from fedfm.cli import governance
 from fedfm.dashboard.server import DEFAULT_PORT
 
 EPILOG = """examples:
@@ -334,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rebuild report.html (and plots/) from a run directory's metrics.jsonl and summary.json.",
     )
     rep.add_argument("run_dir", help="a run directory written by `fedfm run`")
+    governance.add_parsers(sub)
     for command in sub.choices.values():  # `fedfm run --debug` as well as `fedfm --debug run`
         command.add_argument(
             "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
