@@ -62,6 +62,13 @@ class RunResult:
         return self.summary["final_accuracy"]
 
 
+def run_config(run_dir: Path) -> ExperimentConfig:
+    """The config a run directory ran with (a :class:`ResumeError` if it is not one)."""
+    if not (Path(run_dir) / "config.toml").is_file():
+        raise ResumeError(f"{str(run_dir)!r} is not a run directory: it has no config.toml")
+    return load_config(Path(run_dir) / "config.toml")
+
+
 def resolve_config(
     config: ExperimentConfig | str | Path | None,
     resume: str | Path | None,

@@ -17,6 +17,16 @@ class LabelFlip(Attack):
         return texts, (len(self.label_names) - 1 - labels).astype(labels.dtype)
 
 
+@ATTACKS.register("label_shuffle")
+class LabelShuffle(Attack):
+    """Trains on its labels shuffled among its rows (label noise: the label counts stay)."""
+
+    level = "data"
+
+    def poison_data(self, texts, labels, rng):
+        return texts, labels[rng.permutation(len(labels))]
+
+
 def insert_trigger(text: str, trigger: str, rng: np.random.Generator) -> str:
     """The text with the trigger phrase inserted at a random word boundary."""
     words = text.split()

@@ -41,3 +41,12 @@ class Noise(Attack):
             (n, (reference[n] + std * torch.randn(t.shape, generator=generator)).to(t.dtype))
             for n, t in trained.items()
         )
+
+
+@ATTACKS.register("free_rider")
+class FreeRider(Attack):
+    """Trains nothing: sends the state it received back (a free rider of contribution
+    schemes, which must not be paid for the others' work)."""
+
+    def poison_update(self, trained, reference, generator):
+        return OrderedDict((n, reference[n].clone().to(t.dtype)) for n, t in trained.items())

@@ -8,9 +8,81 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
+
+from fedfm import assemble
+from fedfm.errors import ConfigError
+from fedfm.governance.contrib import METHODS
+from fedfm.governance.kept import load_round, require_kept
+from fedfm.governance.valuation import CONTRIBUTIONS, contributions
+from fedfm.rundir import run_config
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
 def add_parsers(sub) -> None:
     """Declare every governance command on the ``fedfm`` sub-parsers."""
+    add_contrib(sub)
+
+
+def add_contrib(sub) -> None:
+    p = sub.add_parser(
+        "contrib",
+        help="value each client of a finished run from its kept updates, and split a payout",
+        description="Value each client of RUN_DIR from the client updates it kept "
+        "([governance] keep_updates = true), scored on the server's validation rows, without "
+        "retraining: loo (round-wise leave-one-out), gtg_shapley (GTG-Shapley, default) or "
+        "tmc_shapley (truncated Monte-Carlo Shapley of the replayed run). Flags free riders, "
+        "splits --total (default: shares summing to 1) and writes RUN_DIR/contributions.json.",
+    )
+    p.add_argument("run_dir", help="a run directory with kept updates")
+    p.add_argument("--method", default="gtg_shapley", choices=METHODS)
+    p.add_argument(
+        "--budget", type=int, default=0, help="evaluations the sampled methods may spend (0: auto)"
+    )
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=0,
+        help="validation rows per evaluation (0: the run's eval rows)",
+    )
+    p.add_argument("--total", type=float, default=1.0, help="the payout budget (default: 1)")
+    p.add_argument(
+        "--floor", type=float, default=0.0, help="each unflagged client's least share (0 … <1)"
+    )
+
+
+def _check(condition: bool, flag: str, value, allowed: str) -> None:
+    if not condition:
+        raise ConfigError(f"{flag} = {value!r} is not allowed; allowed: {allowed}")
+
+
+def cmd_contrib(args: argparse.Namespace) -> int:
+    _check(args.budget >= 0, "--budget", args.budget, "≥ 0")
+    _check(args.rows >= 0, "--rows", args.rows, "≥ 0")
+    _check(args.total > 0, "--total", args.total, "> 0")
+    _check(0 <= args.floor < 1, "--floor", args.floor, "0 ≤ floor < 1")
+    run_dir = Path(args.run_dir)
+    config = run_config(run_dir)
+    rounds = require_kept(run_dir)
+    ids = list(dict.fromkeys(c for r in rounds for c in load_round(run_dir, r).clients))
+    p = assemble.prepare_server(config, ids)
+    result = contributions(run_dir, p, args.method, args.budget, args.rows, args.floor, args.total)
+    width = max(len(c) for c in result["values"])
+    for c, v in sorted(result["values"].items(), key=lambda kv: -kv[1]):
+        ci = result["confidence"].get(c)
+        flag = ", ".join(result["flags"].get(c, []))
+        print(
+            f"{c:<{width}}  value {v:+.4f}"
+            + (f" ± {ci:.4f}" if ci is not None else "")
+            + f"  payout {result['payouts'][c]:.4f}"
+            + (f"  flagged: {flag}" if flag else "")
+        )
+    print(
+        f"{result['method']}: {result['evaluations']} evaluations in {result['seconds']:.1f} s; "
+        f"{run_dir / CONTRIBUTIONS}"
+    )
+    return 0
+
+
+COMMANDS["contrib"] = cmd_contrib

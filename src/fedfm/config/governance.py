@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from fedfm.config.checks import check, check_choice
 
 CONTRIB_METHODS = ("none", "loo", "gtg_shapley", "tmc_shapley")
-PAYOUTS = ("proportional", "budget")
 DEDUP_POLICIES = ("off", "report", "drop_later", "keep_one")
 
 
@@ -23,8 +22,10 @@ class GovernanceConfig:
     a hash-chained record per round to ``<run_dir>/provenance.jsonl``, signed with the server's
     Ed25519 key (``signing_key``; empty: ``~/.config/fedfm/keys/server.ed25519``, made on first
     use); ``fedfm verify`` checks it. ``contrib`` values the clients when training ends
-    (``contributions.json``). ``dedup`` finds near-duplicate rows across clients from keyed
-    MinHash signatures (the server never sees a row's text) before training."""
+    (``contributions.json``): clients flagged as free riders get nothing, every other one
+    ``payout_floor`` of ``payout_total`` and the rest in proportion to its value. ``dedup``
+    finds near-duplicate rows across clients from keyed MinHash signatures (the server never
+    sees a row's text) before training."""
 
     keep_updates: bool = False  # keep each round's client updates (needed by contrib, unlearn)
     provenance: bool = True  # hash-chained, signed record of every round: provenance.jsonl
@@ -32,16 +33,14 @@ class GovernanceConfig:
     contrib: str = "none"  # value the clients when training ends: loo | gtg_shapley | …
     contrib_budget: int = 0  # evaluations the sampled methods may spend (0 = the method's own)
     contrib_rows: int = 0  # validation rows each evaluation scores (0 = the server's eval rows)
-    payout: str = "proportional"  # proportional to the values (with a floor) | budget
-    payout_floor: float = 0.0  # each useful client's least share, of payout_total
-    payout_total: float = 1.0  # what is split among the clients
+    payout_total: float = 1.0  # the budget split among the clients (1.0: shares)
+    payout_floor: float = 0.0  # each unflagged client's least share of payout_total
     dedup: str = "off"  # cross-client near-duplicate rows: off | report | drop_later | keep_one
     dedup_threshold: float = 0.8  # the Jaccard similarity from which two rows are duplicates
     dedup_num_perm: int = 128  # MinHash permutations per row (bytes sent: 4 per permutation)
 
     def __post_init__(self) -> None:
         check_choice("governance.contrib", self.contrib, CONTRIB_METHODS)
-        check_choice("governance.payout", self.payout, PAYOUTS)
         check_choice("governance.dedup", self.dedup, DEDUP_POLICIES)
         check(
             self.contrib == "none" or self.keep_updates,

@@ -83,7 +83,7 @@ class SecAggConfig:
 class AttackConfig:
     """Malicious clients, for robustness experiments."""
 
-    type: str = "none"  # none | sign_flip | scale | noise | label_flip | backdoor
+    type: str = "none"  # none | sign_flip | scale | noise | free_rider | label_flip | …
     fraction: float = (
         0.0  # share of all clients that are malicious (a fixed set drawn with the seed)
     )
@@ -97,7 +97,16 @@ class AttackConfig:
         check_choice(
             "attack.type",
             self.type,
-            ["none", "sign_flip", "scale", "noise", "label_flip", "backdoor"],
+            [
+                "none",
+                "sign_flip",
+                "scale",
+                "noise",
+                "free_rider",
+                "label_flip",
+                "label_shuffle",
+                "backdoor",
+            ],
         )
         check(0 <= self.fraction <= 1, "attack.fraction", self.fraction, "0 ≤ fraction ≤ 1")
         check(self.scale > 0, "attack.scale", self.scale, "> 0")

@@ -10,10 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedfm.governance.kept import KeepUpdates, KeptRound, kept_rounds, load_round
+from fedfm.governance.valuation import Contributions, contributions
 from fedfm.prepared import Prepared
 from fedfm.server.observers import RoundObserver
 
-__all__ = ["KeepUpdates", "KeptRound", "kept_rounds", "load_round", "observers"]
+__all__ = [
+    "Contributions",
+    "KeepUpdates",
+    "KeptRound",
+    "contributions",
+    "kept_rounds",
+    "load_round",
+    "observers",
+]
 
 
 def observers(p: Prepared, run_dir: Path | None) -> list[RoundObserver]:
@@ -24,4 +33,6 @@ def observers(p: Prepared, run_dir: Path | None) -> list[RoundObserver]:
     out: list[RoundObserver] = []
     if g.keep_updates:
         out.append(KeepUpdates(run_dir))
+    if g.contrib != "none":
+        out.append(Contributions(p))
     return out
