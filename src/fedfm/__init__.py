@@ -29,6 +29,7 @@ from fedfm.errors import (
     TrainingError,
 )
 from fedfm.experiment import RunResult, run
+from fedfm import governance  # noqa: F401, I001 (registers its round observers)
 from fedfm.predict import predict
 
 __all__ = [

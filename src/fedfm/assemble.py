@@ -38,13 +38,13 @@ from fedfm.errors import ConfigError, DataError
 from fedfm.fm4fl.ensemble import wrap as ensemble_distillation
 from fedfm.fm4fl.pseudo import apply_scarce_labels
 from fedfm.fm4fl.warmup import warm_up
-from fedfm.governance import observers as governance_observers
 from fedfm.methods import METHODS, Method
 from fedfm.prepared import Prepared
 from fedfm.privacy.federated import ProtectedAggregation, client_transform
 from fedfm.privacy.mechanisms import mechanism
 from fedfm.server.asynchronous import AsyncFederation
 from fedfm.server.federation import Federation
+from fedfm.server.observers import observers_for
 from fedfm.state import State
 from fedfm.strategies import STRATEGIES, Strategy
 from fedfm.strategies.base import ServerContext
@@ -390,7 +390,9 @@ def federation(
         name=c.name,
         dropout=c.federation.dropout,
         limits=c.limits,
-        observers=governance_observers(p, run_dir),
+        observers=observers_for(p, run_dir),  # [governance]: kept updates, provenance, ...
+        # unlearning by retraining restarts from the round before a client first took part
+        keep_checkpoints=0 if c.governance.keep_updates else 2,
     )
 
 

@@ -76,14 +76,14 @@ def run(
         try:
             if config.federation.mode == "standalone":
                 return _run_standalone(p, run_dir, all_sinks)
-            fed = _in_process_federation(p, all_sinks, run_dir)
+            fed = in_process_federation(p, all_sinks, run_dir)
             return drive(p, fed, run_dir, all_sinks, ckpt, start_round, rows)
         finally:
             for sink in all_sinks:
                 sink.close()
 
 
-def _in_process_federation(
+def in_process_federation(
     p: Prepared, sinks, run_dir: Path | None, client_ids: list[str] | None = None
 ) -> Federation:
     """The Federation of a simulated run. ``centralized``: one pooled client doing every selected
@@ -121,7 +121,7 @@ def _run_standalone(p: Prepared, run_dir: Path, sinks) -> RunResult:
     console = [s for s in sinks if isinstance(s, ConsoleSink)]
     for cid in p.partition.client_ids:
         log.info("standalone: training client %s alone", cid)
-        fed = _in_process_federation(p, console, None, [cid])
+        fed = in_process_federation(p, console, None, [cid])
         fed.name = f"{c.name} [{cid}]"
         state = fed.run(clone_state(initial))
         per_client.append(fed.rows)

@@ -98,7 +98,7 @@ def planted_run(tmp_path_factory, tiny_config_module):
     from fedfm.attacks import ATTACKS
     from fedfm.client.app import ClientData
     from fedfm.data.tokens import tokenize
-    from fedfm.experiment import _in_process_federation
+    from fedfm.experiment import in_process_federation
     from fedfm.rundir import drive, open_run
 
     config = tiny_config_module(
@@ -120,7 +120,7 @@ def planted_run(tmp_path_factory, tiny_config_module):
     tokens = tokenize(texts, p.task.tokenizer, p.task.tokenizer_key, config.data.max_length)
     p.poisoned[noisy] = ClientData(tokens, labels, np.arange(len(texts)))
     run_dir, rows_so_far = open_run(p, tmp_path_factory.mktemp("runs"), None, 1)
-    fed = _in_process_federation(p, [], run_dir)
+    fed = in_process_federation(p, [], run_dir)
     drive(p, fed, run_dir, [], None, 1, rows_so_far)
     return run_dir, free, noisy
 

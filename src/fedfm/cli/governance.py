@@ -14,6 +14,7 @@ from fedfm import assemble
 from fedfm.errors import ConfigError
 from fedfm.governance.contrib import METHODS
 from fedfm.governance.kept import load_round, require_kept
+from fedfm.governance.unlearn import unlearn
 from fedfm.governance.valuation import CONTRIBUTIONS, contributions
 from fedfm.rundir import run_config
 
@@ -23,6 +24,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 def add_parsers(sub) -> None:
     """Declare every governance command on the ``fedfm`` sub-parsers."""
     add_contrib(sub)
+    add_unlearn(sub)
 
 
 def add_contrib(sub) -> None:
@@ -86,3 +88,42 @@ def cmd_contrib(args: argparse.Namespace) -> int:
 
 
 COMMANDS["contrib"] = cmd_contrib
+
+
+def add_unlearn(sub) -> None:
+    p = sub.add_parser(
+        "unlearn",
+        help="remove one client from a finished run's model, into a new run directory",
+        description="Write OUT, a run directory whose model never learnt from CLIENT: retrain "
+        "(rerun without it from the checkpoint before it first took part; the gold standard) "
+        "or replay (FedEraser: rebuild from the kept updates, the remaining clients "
+        "calibrating with a few local steps; needs [governance] keep_updates = true).",
+    )
+    p.add_argument("run_dir", help="a finished run directory (an in-process runtime)")
+    p.add_argument("--client", required=True, help="the client id to remove")
+    p.add_argument("--out", required=True, help="a new folder for the unlearnt run")
+    p.add_argument("--method", default="retrain", choices=("retrain", "replay"))
+    p.add_argument(
+        "--calibration",
+        type=float,
+        default=0.5,
+        help="replay: calibration steps as a share of the run's local steps (default: 0.5)",
+    )
+
+
+def cmd_unlearn(args: argparse.Namespace) -> int:
+    options = {"calibration": args.calibration} if args.method == "replay" else {}
+    summary = unlearn(args.run_dir, args.client, args.out, args.method, **options)
+    record = summary["unlearned"]
+    asr = summary.get("final_attack_success_rate")
+    print(
+        f"unlearnt {record['client']!r} by {record['method']} from round "
+        f"{record['first_round']} in {record['seconds']:.1f} s: accuracy "
+        f"{summary['final_accuracy']:.4f}"
+        + (f", attack success rate {asr:.4f}" if asr is not None else "")
+        + f"; {args.out}"
+    )
+    return 0
+
+
+COMMANDS["unlearn"] = cmd_unlearn

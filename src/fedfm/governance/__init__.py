@@ -12,7 +12,7 @@ from pathlib import Path
 from fedfm.governance.kept import KeepUpdates, KeptRound, kept_rounds, load_round
 from fedfm.governance.valuation import Contributions, contributions
 from fedfm.prepared import Prepared
-from fedfm.server.observers import RoundObserver
+from fedfm.server.observers import OBSERVERS, RoundObserver
 
 __all__ = [
     "Contributions",
@@ -25,6 +25,7 @@ __all__ = [
 ]
 
 
+@OBSERVERS.register("governance")
 def observers(p: Prepared, run_dir: Path | None) -> list[RoundObserver]:
     """The round observers ``[governance]`` asks for (none without a run directory)."""
     g = p.config.governance

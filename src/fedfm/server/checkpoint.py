@@ -47,6 +47,7 @@ class Checkpoint:
 
 
 def save_checkpoint(run_dir: Path, ckpt: Checkpoint, keep: int = 2) -> Path:
+    """Write ``ckpt``; keep the newest ``keep`` checkpoints (0: every one)."""
     from safetensors.torch import save_file
 
     root = run_dir / CHECKPOINTS
@@ -72,21 +73,35 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint, keep: int = 2) -> Path:
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     _fsync(root)
-    for old in sorted(p for p in root.glob("round_*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    if keep > 0:
+        for old in sorted(p for p in root.glob("round_*") if p.is_dir())[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def checkpoint_of_round(run_dir: Path, rnd: int) -> Checkpoint | None:
+    """The checkpoint written after round ``rnd``, or None when the run no longer keeps it."""
+    path = run_dir / CHECKPOINTS / f"round_{rnd:05d}"
+    if not path.is_dir():
+        return None
+    return _read([path], run_dir / CHECKPOINTS)
 
 
 def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
     """The newest complete checkpoint of a run directory, or None if it has none."""
-    from safetensors.torch import load_file
-
     root = run_dir / CHECKPOINTS
     candidates = (
         sorted((p for p in root.glob("round_*") if p.is_dir()), reverse=True)
         if root.is_dir()
         else []
     )
+    return _read(candidates, root)
+
+
+def _read(candidates: list[Path], root: Path) -> Checkpoint | None:
+    """The first of ``candidates`` that reads (a warning for each one that does not)."""
+    from safetensors.torch import load_file
+
     problems = []
     for path in candidates:
         try:

@@ -56,6 +56,7 @@ class Federation:
         dropout: float = 0.0,
         limits: LimitsConfig | None = None,
         observers: Sequence[RoundObserver] = (),
+        keep_checkpoints: int = 2,
     ) -> None:
         self.strategy = strategy
         self.runtime = runtime
@@ -74,6 +75,10 @@ class Federation:
         self.dropout = dropout
         self.limits = limits or LimitsConfig()
         self.observers = list(observers)  # see each round after its checkpoint
+        self.keep_checkpoints = keep_checkpoints  # the newest N are kept (0: every round's)
+        # Clients never selected, whatever the strategy draws (a run retrained without them):
+        # the others keep the rounds and seeds they had.
+        self.excluded: frozenset[str] = frozenset()
         self._before: State | None = None  # this round's starting global state
         self._payloads: dict[str, bytes] = {}  # this round's admitted uploads
         self.start_info: dict[str, Any] = {}  # extra fields of the sinks' start event
@@ -110,6 +115,7 @@ class Federation:
         candidates = self.runtime.available(self.client_ids)
         k = min(self.clients_per_round, len(candidates))
         selected = self.strategy.select(rnd, candidates, k, rng)
+        selected = [c for c in selected if c not in self.excluded]
         seed = peer_seed(self.seed, "server")
         self.runtime.prepare_round(rnd, self._sync_source() if self.down.stateful else None)
         reference = self.view_round
@@ -281,7 +287,7 @@ class Federation:
         if self.run_dir is not None:
             memory = {**self.memory_state(), **self.runtime.state_dict()}
             ckpt = Checkpoint(rnd, state, self.strategy.state_dict(), memory, dict(self.totals))
-            path = save_checkpoint(self.run_dir, ckpt)
+            path = save_checkpoint(self.run_dir, ckpt, self.keep_checkpoints)
         if self.observers:
             before = self._before if self._before is not None else state
             payloads = {u.client_id: self._payloads.get(u.client_id, b"") for u in updates}

@@ -9,10 +9,12 @@ the sum, so ``updates`` and ``payloads`` are empty.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedfm.registry import Registry
 from fedfm.state import State, Update
 
 
@@ -37,3 +39,15 @@ class RoundObserver:
         """After training, once the final model is exported to ``export_dir``; returns fields
         for the run's summary (or an empty dict)."""
         return {}
+
+
+ObserverFactory = Callable[[Any, "Path | None"], list[RoundObserver]]
+
+OBSERVERS: Registry[ObserverFactory] = Registry("observer", "governance")
+"""Factories ``(prepared, run_dir) → [RoundObserver]``, registered by plug-in packages
+(``fedfm.governance``): the assembly asks each for the observers a config wants."""
+
+
+def observers_for(prepared: Any, run_dir: Path | None) -> list[RoundObserver]:
+    """Every registered factory's observers for this run, in registration order."""
+    return [o for name in OBSERVERS.names() for o in OBSERVERS.get(name)(prepared, run_dir)]
