@@ -39,7 +39,7 @@ from fedfm.governance.kept import UPDATES, load_round, require_kept
 from fedfm.prepared import Prepared
 from fedfm.rundir import drive, read_rows, run_config, summary_base, write_json
 from fedfm.runtimes import RUNTIMES
-from fedfm.server.checkpoint import checkpoint_of_round
+from fedfm.server.checkpoint import Checkpoint, checkpoint_of_round, save_checkpoint
 from fedfm.state import State
 
 log = logging.getLogger(__name__)
@@ -222,6 +222,8 @@ def _export(p: Prepared, out: Path, state: State, rows, record: dict[str, Any]) 
         "export_dir": str(export_dir),
     }
     write_json(out / "summary.json", summary)
+    # The rebuilt global state, as a run's last checkpoint holds it (for tools that read one).
+    save_checkpoint(out, Checkpoint(c.federation.rounds, state, {}, {}, {}))
     return _finish(out, summary, record)
 
 
