@@ -18,6 +18,7 @@ import os as _os
 # the default run). Read when oneDNN first runs; a value set by the user wins.
 _os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
 
+from fedfm import governance  # noqa: F401, I001 (registers its round observers)
 from fedfm.config import ExperimentConfig, load_config  # noqa: E402
 from fedfm.errors import (
     ConfigError,
@@ -29,7 +30,6 @@ from fedfm.errors import (
     TrainingError,
 )
 from fedfm.experiment import RunResult, run
-from fedfm import governance  # noqa: F401, I001 (registers its round observers)
 from fedfm.predict import predict
 
 __all__ = [

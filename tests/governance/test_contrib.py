@@ -139,6 +139,7 @@ def test_contrib_ranks_the_planted_clients_last(planted_run, method, tmp_path, c
     assert result["payouts"][free] == 0
     assert sum(result["payouts"].values()) == pytest.approx(1.0)
     assert method in capsys.readouterr().out
+    assert "contributions.png" in (copy / "report.html").read_text()  # the chart is drawn
 
 
 def test_the_free_rider_sent_back_what_it_received(planted_run):

@@ -17,7 +17,7 @@ from fedfm.errors import FedFMError
 from fedfm.experiment import run
 from fedfm.fm4fl.synthetic import verified
 from fedfm.merged import export_merged
-from fedfm.metrics.report import write_report
+from fedfm.metrics.report import rebuild_report
 from fedfm.plugins import load_modules
 from fedfm.predict import predict
 from fedfm.privacy.policy import PrivacyPolicy
@@ -56,19 +56,7 @@ def cmd_config(args) -> int:
 
 
 def cmd_report(args) -> int:
-
-    run_dir = Path(args.run_dir)
-    for name in ("config.toml", "metrics.jsonl", "summary.json"):
-        if not (run_dir / name).is_file():
-            raise FedFMError(f"{str(run_dir)!r} is not a finished run directory: {name} is missing")
-    rows = [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    path = write_report(run_dir, (run_dir / "config.toml").read_text(), rows, summary)
-    print(path)
+    print(rebuild_report(Path(args.run_dir)))
     return 0
 
 

@@ -21,6 +21,7 @@ from fedfm.errors import ConfigError
 from fedfm.governance.contrib import METHODS, value_clients
 from fedfm.governance.kept import load_round, require_kept
 from fedfm.governance.payout import free_riders, payouts
+from fedfm.metrics.report import rebuild_report
 from fedfm.prepared import Prepared
 from fedfm.server.observers import RoundObserver
 from fedfm.state import State
@@ -97,6 +98,8 @@ def contributions(
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(tmp, path)
+    if (Path(run_dir) / "summary.json").is_file():  # a finished run: its report gets the chart
+        rebuild_report(Path(run_dir))
     return result
 
 

@@ -17,6 +17,7 @@ import contextlib
 import html
 import io
 import json
+import logging
 import math
 import numbers
 import os
@@ -28,7 +29,12 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["write_report"]
+from fedfm.errors import FedFMError
+from fedfm.metrics.charts import contributions_figure
+
+__all__ = ["rebuild_report", "write_report"]
+
+log = logging.getLogger(__name__)
 
 REPORT_NAME = "report.html"
 PLOTS_DIR = "plots"
@@ -380,6 +386,18 @@ def _run_title(run_dir: Path, summary: dict) -> str:
     return run_dir.resolve().name or str(run_dir)
 
 
+def rebuild_report(run_dir: Path) -> Path:
+    """Write ``report.html`` again from a finished run directory's own files."""
+    run_dir = Path(run_dir)
+    for name in ("config.toml", "metrics.jsonl", "summary.json"):
+        if not (run_dir / name).is_file():
+            raise FedFMError(f"{str(run_dir)!r} is not a finished run directory: {name} is missing")
+    text = (run_dir / "metrics.jsonl").read_text()
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return write_report(run_dir, (run_dir / "config.toml").read_text(), rows, summary)
+
+
 def write_report(run_dir: Path, config_toml: str, rows: list[dict], summary: dict) -> Path:
     """Write run_dir/report.html: one self-contained page and return its path.
 
@@ -400,6 +418,14 @@ def write_report(run_dir: Path, config_toml: str, rows: list[dict], summary: dic
     summary = summary if isinstance(summary, dict) else {}
 
     plots = _make_plots(rows) if rows else {}
+    contributions = run_dir / "contributions.json"  # `fedfm contrib`, [governance] contrib
+    if contributions.is_file():
+        try:
+            plots["contributions.png"] = _png(
+                contributions_figure(json.loads(contributions.read_text()))
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            log.warning("report: %s is not a contributions file (%s); not drawn", contributions, e)
     if plots:
         plots_dir = run_dir / PLOTS_DIR
         plots_dir.mkdir(exist_ok=True)
