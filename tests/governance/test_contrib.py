@@ -164,3 +164,40 @@ def test_contrib_as_a_config_section_runs_when_training_ends(tmp_path, tiny_conf
     saved = json.loads((result.run_dir / "contributions.json").read_text())
     assert result.summary["contribution_evaluations"] == saved["evaluations"] > 0
     assert set(saved["values"]) <= set(result.summary["tokens_per_client"])
+
+
+def test_loo_on_three_clients_equals_brute_force_retraining(tmp_path, tiny_config):
+    """One round, three clients: the round rebuilt without a client is the run retrained
+    without it (same start, same seeds), so LOO from the kept updates equals retraining."""
+    from fedfm import assemble
+    from fedfm.experiment import in_process_federation
+    from fedfm.governance import contributions
+    from fedfm.governance.valuation import scorer
+    from fedfm.rundir import drive, open_run
+    from fedfm.server.checkpoint import latest_checkpoint
+
+    overrides = (
+        "partition.clients=3",
+        "federation.clients_per_round=3",
+        "federation.rounds=1",
+        "federation.local_steps=8",
+        "partition.scheme=iid",
+        "governance.keep_updates=true",
+    )
+    p = assemble.prepare(tiny_config(*overrides))
+
+    def train(excluded: frozenset[str]):
+        run_dir, rows = open_run(p, tmp_path, None, 1)
+        fed = in_process_federation(p, [], run_dir)
+        fed.excluded = excluded
+        drive(p, fed, run_dir, [], None, 1, rows)
+        return run_dir, latest_checkpoint(run_dir).state
+
+    run_dir, full = train(frozenset())
+    loo = contributions(run_dir, p, "loo")
+    assert loo["evaluations"] == 4  # the whole round and each client left out once
+    score = scorer(p, p.eval_rows)
+    whole = score(full)
+    for c in p.partition.client_ids:
+        _, without = train(frozenset({c}))
+        assert loo["values"][c] == pytest.approx(whole - score(without), abs=1e-9), c
