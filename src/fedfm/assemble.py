@@ -39,6 +39,7 @@ from fedfm.fm4fl.ensemble import wrap as ensemble_distillation
 from fedfm.fm4fl.pseudo import apply_scarce_labels
 from fedfm.fm4fl.warmup import warm_up
 from fedfm.governance import observers as governance_observers
+from fedfm.governance.dedup import deduplicate
 from fedfm.methods import METHODS, Method
 from fedfm.prepared import Prepared
 from fedfm.privacy.federated import ProtectedAggregation, client_transform
@@ -82,7 +83,7 @@ def prepare(config: ExperimentConfig) -> Prepared:
     t0 = time.perf_counter()
     check_compatible(config)
     train, test = TASKS.get(config.task.type).load_splits(config)
-    part = split(config, train)
+    part, dedup = _deduplicate(config, train, split(config, train))
     task = build_task(config, train.label_names)
     loaded = time.time()
     prepared = Prepared(
@@ -96,6 +97,7 @@ def prepare(config: ExperimentConfig) -> Prepared:
         _eval_rows(config, test),
         time.perf_counter() - t0,
         model_loaded_at=loaded,
+        dedup=dedup,
     )
     if config.data.labelled_fraction < 1:
         prepared.fm4fl["scarce_labels"] = apply_scarce_labels(prepared)
@@ -104,6 +106,17 @@ def prepare(config: ExperimentConfig) -> Prepared:
     if config.attack.type != "none":
         _prepare_attack(prepared)
     return prepared
+
+
+def _deduplicate(config: ExperimentConfig, train, part: Partition) -> tuple[Partition, dict | None]:
+    """``[governance] dedup``: each client signs its own rows, the server pairs signatures only,
+    the policy's rows leave the partition before anything trains (simulation only)."""
+    g = config.governance
+    if g.dedup == "off":
+        return part, None
+    texts = TASKS.get(config.task.type).row_texts(train)
+    result = deduplicate(part, texts, g.dedup, g.dedup_threshold, g.dedup_num_perm, config.seed)
+    return result.partition, result.report
 
 
 def prepare_server(config: ExperimentConfig, client_ids: Sequence[str]) -> Prepared:
