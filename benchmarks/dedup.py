@@ -26,6 +26,7 @@ Writes ``OUT/dedup.json`` with the hardware and the git commit.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -41,6 +42,8 @@ from datasketch import LeanMinHash, MinHashLSH
 from fedfm.config import load_config
 from fedfm.data.partition import partition
 from fedfm.governance.dedup import (
+    RECALL_WEIGHT,
+    bands,
     client_signatures,
     find_duplicates,
     normalise,
@@ -53,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("FEDFM_DATA", str(ROOT.parent / "shared" / "data"))
 THRESHOLDS = (0.8, 0.9)
+WEIGHTS = (0.5, RECALL_WEIGHT)  # datasketch's default bands, and fedfm's recall-weighted ones
 
 
 def hardware() -> dict:
@@ -175,9 +179,9 @@ def scenario(name, texts, indices, ids, planted, perms, out_rows) -> None:
                 signatures.append(client_signatures([texts[i] for i in ix], key, num_perm, kind))
                 sign_seconds.append(time.perf_counter() - t0)
             sent = [int(s.nbytes) for s in signatures]
-            for threshold in THRESHOLDS:
+            for threshold, weight in itertools.product(THRESHOLDS, WEIGHTS):
                 t0 = time.perf_counter()
-                pairs = find_duplicates(signatures, threshold, num_perm)
+                pairs = find_duplicates(signatures, threshold, num_perm, weight)
                 server_seconds = time.perf_counter() - t0
                 found = {
                     tuple(
@@ -192,6 +196,8 @@ def scenario(name, texts, indices, ids, planted, perms, out_rows) -> None:
                     "shingles": kind,
                     "num_perm": num_perm,
                     "threshold": threshold,
+                    "recall_weight": weight,
+                    "bands": list(bands(threshold, num_perm, weight)),
                     "detected_pairs": len(found),
                     "vs_exact_text": score(found, truth_exact),
                     "vs_true_jaccard": score(found, set(truths[threshold])),
@@ -222,7 +228,7 @@ def scenario(name, texts, indices, ids, planted, perms, out_rows) -> None:
                     row["planted_edit_true_jaccard_at_least_threshold"] = round(
                         float(np.mean(np.array(near) >= threshold)), 4
                     )
-                if name == "natural" and kind == "word3" and num_perm == 128:
+                if name == "natural" and kind == "word3" and num_perm == 128 and weight == 0.5:
                     ds_pairs, ds_seconds = lsh_datasketch(signatures, threshold, num_perm)
                     ours = {((p.client_a, p.row_a), (p.client_b, p.row_b)) for p in pairs}
                     row["datasketch_lsh_seconds"] = round(ds_seconds, 4)

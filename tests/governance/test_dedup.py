@@ -105,9 +105,9 @@ def test_the_server_step_takes_signature_arrays_only(monkeypatch):
     seen = []
     real = dedup.find_duplicates
 
-    def spy(signatures, threshold, num_perm):
+    def spy(signatures, *args):
         seen.extend(type(s) for s in signatures)
-        return real(signatures, threshold, num_perm)
+        return real(signatures, *args)
 
     monkeypatch.setattr(dedup, "find_duplicates", spy)
     texts = _debian(6, seed=2)
