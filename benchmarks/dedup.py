@@ -209,6 +209,9 @@ def scenario(name, texts, indices, ids, planted, perms, out_rows) -> None:
                     "bytes_per_client_max": max(sent),
                     "bytes_total": sum(sent),
                 }
+                true_j = [len(sets[a] & sets[b]) / len(sets[a] | sets[b]) for a, b in sorted(found)]
+                row["detected_true_jaccard_min"] = round(min(true_j), 4) if true_j else None
+                row["detected_below_threshold_minus_0.1"] = sum(j < threshold - 0.1 for j in true_j)
                 if planted:
                     for exact in (True, False):
                         want = {

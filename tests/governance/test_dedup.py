@@ -73,10 +73,10 @@ def test_exact_copies_are_all_found_and_near_copies_almost_all(planted):
 def test_unrelated_rows_are_not_paired(planted):
     own0, client1, found, truth_exact, truth_near = planted
     extra = [p for p in found if (p.row_a, p.row_b) not in truth_exact | truth_near]
-    for p in extra:  # anything else found must be a true near-duplicate of real data
+    for p in extra:  # anything else found is a natural near-duplicate (Debian's templates)
         a, b = (shingles(normalise(t)) for t in (own0[p.row_a], client1[p.row_b]))
         assert jaccard(a, b) >= 0.7
-    assert len(extra) <= 2
+    assert len(extra) < 0.001 * len(own0) * len(client1)  # of ~100,000 cross-client pairs
 
 
 def test_signatures_match_under_one_key_and_differ_under_another():
@@ -91,9 +91,9 @@ def test_signatures_match_under_one_key_and_differ_under_another():
 def test_the_estimate_follows_the_true_jaccard_similarity():
     a = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
     b = a.replace("seven", "sevens")  # 3 of 12 shingles change: J = 9 / 15
-    sa, sb = (shingles(normalise(t)) for t in (a, b))
+    sa, sb = (shingles(normalise(t), "word3") for t in (a, b))
     assert jaccard(sa, sb) == pytest.approx(9 / 15)
-    sig = client_signatures([a, b], KEY, num_perm=1024)
+    sig = client_signatures([a, b], KEY, num_perm=1024, kind="word3")
     assert (sig[0] == sig[1]).mean() == pytest.approx(9 / 15, abs=0.05)
 
 
