@@ -228,3 +228,18 @@ def test_bad_dedup_settings_are_one_line_and_exit_2(capsys, tmp_path, setting, m
     err = capsys.readouterr().err
     assert err.startswith("fedfm: error: ") and message in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_instruction_rows_are_compared_by_their_messages_and_response():
+    from fedfm.data.instructions import Instructions
+    from fedfm.tasks import TASKS
+
+    table = Instructions(
+        [[{"role": "user", "content": "Name the section."}]],
+        ["games"],
+        np.zeros(1, dtype=np.int64),
+        ("all",),
+        {},
+    )
+    assert TASKS.get("causal_lm").row_texts(table) == ["Name the section.\ngames"]
+    assert not TASKS.get("lm").has_row_texts
