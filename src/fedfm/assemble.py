@@ -32,7 +32,7 @@ from fedfm.client.trainer import Trainer, derive_seed
 from fedfm.codecs import Pipeline
 from fedfm.compat import check_compatible
 from fedfm.config import ExperimentConfig
-from fedfm.data.partition import Partition, held_out, partition
+from fedfm.data.partition import PARTITION_FILTERS, Partition, held_out, partition
 from fedfm.data.tokens import tokenize
 from fedfm.errors import ConfigError, DataError
 from fedfm.fm4fl.ensemble import wrap as ensemble_distillation
@@ -82,7 +82,7 @@ def prepare(config: ExperimentConfig) -> Prepared:
     t0 = time.perf_counter()
     check_compatible(config)
     train, test = TASKS.get(config.task.type).load_splits(config)
-    part = split(config, train)
+    part, reports = _filter_partition(config, train, split(config, train))
     task = build_task(config, train.label_names)
     loaded = time.time()
     prepared = Prepared(
@@ -96,6 +96,7 @@ def prepare(config: ExperimentConfig) -> Prepared:
         _eval_rows(config, test),
         time.perf_counter() - t0,
         model_loaded_at=loaded,
+        dedup=reports.get("dedup"),
     )
     if config.data.labelled_fraction < 1:
         prepared.fm4fl["scarce_labels"] = apply_scarce_labels(prepared)
@@ -104,6 +105,17 @@ def prepare(config: ExperimentConfig) -> Prepared:
     if config.attack.type != "none":
         _prepare_attack(prepared)
     return prepared
+
+
+def _filter_partition(config: ExperimentConfig, train, part: Partition):
+    """The registered partition filters (``[governance] dedup``: rows several clients hold
+    leave the partition before anything trains); returns the partition and their reports."""
+    reports = {}
+    for name in PARTITION_FILTERS.names():
+        part, report = PARTITION_FILTERS.get(name)(config, train, part)
+        if report is not None:
+            reports[name] = report
+    return part, reports
 
 
 def prepare_server(config: ExperimentConfig, client_ids: Sequence[str]) -> Prepared:

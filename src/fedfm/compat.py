@@ -11,6 +11,7 @@ from fedfm.config import ExperimentConfig
 from fedfm.errors import ConfigError
 from fedfm.privacy.mechanisms import mechanism
 from fedfm.strategies import STRATEGIES
+from fedfm.tasks import TASKS
 
 
 def _protected_strategies() -> str:
@@ -57,6 +58,12 @@ def check_compatible(config: ExperimentConfig) -> None:
                 else f"({name!r} aggregates buffered updates of different rounds)"
             )
         )
+    dedup, task = config.governance.dedup, config.task.type
+    if dedup != "off" and not TASKS.get(task).has_row_texts:
+        raise ConfigError(
+            f"governance.dedup = {dedup!r} compares documents, and task.type = {task!r} trains on "
+            "packed blocks of them; use governance.dedup = 'off' with this task"
+        )
     if config.warmup.ensemble_steps and strategy.asynchronous:
         raise ConfigError(
             "warmup.ensemble_steps > 0 needs a synchronous strategy; "
@@ -92,6 +99,11 @@ def check_network(config: ExperimentConfig) -> None:
         (config.warmup.ensemble_steps > 0, "warmup.ensemble_steps > 0", "FedDF distillation"),
         (config.teacher.type != "none", f"teacher.type = {config.teacher.type!r}", "a teacher"),
         (config.data.labelled_fraction < 1, "data.labelled_fraction < 1", "scarce labels"),
+        (
+            config.governance.dedup != "off",
+            f"governance.dedup = {config.governance.dedup!r}",
+            "cross-client deduplication (it needs a signature exchange before training)",
+        ),
     ]
     if config.evaluation.on_clients and STRATEGIES.of(config.strategy).asynchronous:
         raise ConfigError(

@@ -37,5 +37,6 @@ class Prepared:
     poisoned: dict[str, ClientData] = field(default_factory=dict)  # data attacks: client → rows
     triggered: tuple[TokenizedText, np.ndarray] | None = None  # backdoor: test rows with trigger
     fm4fl: dict[str, Any] = field(default_factory=dict)  # scarce-label and warm-up reports
+    dedup: dict[str, Any] | None = None  # [governance] dedup: the report for dedup.json
     all_rows: Partition | None = None  # scarce labels: every row the clients hold
     labelled_rows: list[np.ndarray] | None = None  # scarce labels: the rows with a true label

@@ -4,6 +4,7 @@ The run directory (``runs/<name>/``) is a contract later tools rely on::
 
     config.toml      the resolved config (``fedfm run --resume`` reads it back)
     partition.json   per client: rows, label histogram (and group for natural splits)
+    dedup.json       with ``[governance] dedup``: the cross-client pairs, rows dropped, bytes sent
     metrics.jsonl    one JSON object per round
     summary.json     the final figures
     checkpoints/     the last rounds' global and strategy state (safetensors)
@@ -178,6 +179,8 @@ def open_run(
     write_json(run_dir / "partition.json", p.partition.describe(labels, p.train.label_names))
     if p.fm4fl:
         write_json(run_dir / "fm4fl.json", p.fm4fl)
+    if p.dedup is not None:
+        write_json(run_dir / "dedup.json", p.dedup)
     rows = read_rows(run_dir / "metrics.jsonl", start_round - 1)
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return run_dir, rows
@@ -197,6 +200,11 @@ def summary_base(p: Prepared, run_dir: Path) -> dict[str, Any]:
         "total_params": total,
         "startup_seconds": round(p.startup_seconds, 3),
         **({"fm4fl": p.fm4fl} if p.fm4fl else {}),
+        **(
+            {"dedup_pairs": p.dedup["pairs"], "dedup_dropped_rows": p.dedup["rows_dropped"]}
+            if p.dedup is not None
+            else {}
+        ),
         "run_dir": str(run_dir),
     }
 

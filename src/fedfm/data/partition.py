@@ -27,6 +27,11 @@ from fedfm.registry import Registry
 PartitionFn = Callable[..., tuple[list[np.ndarray], list[str] | None]]
 PARTITIONERS: Registry[PartitionFn] = Registry("partition scheme", "partition.scheme")
 
+PartitionFilter = Callable[..., "tuple[Partition, dict | None]"]
+PARTITION_FILTERS: Registry[PartitionFilter] = Registry("partition filter", "governance")
+"""``(config, train table, partition) → (partition, report or None)``, applied in order after
+the partition is built, before anything trains; registered by plug-ins (``[governance] dedup``)."""
+
 
 @dataclass(frozen=True)
 class Partition:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fedfm.governance.dedup import dedup_filter, deduplicate  # registers the partition filter
 from fedfm.governance.kept import KeepUpdates, KeptRound, kept_rounds, load_round
 from fedfm.governance.valuation import Contributions, contributions
 from fedfm.prepared import Prepared
@@ -19,6 +20,8 @@ __all__ = [
     "KeepUpdates",
     "KeptRound",
     "contributions",
+    "dedup_filter",
+    "deduplicate",
     "kept_rounds",
     "load_round",
     "observers",

@@ -79,6 +79,9 @@ class Task(SharedStateTask):
     shares_label_set: ClassVar[bool] = True
     #: True when a run's model writes text (``fedfm generate``): see :meth:`generate_text`.
     generates: ClassVar[bool] = False
+    #: True when each training row is one document whose text :meth:`row_texts` gives (what
+    #: cross-client deduplication compares); False when rows are not documents (packed blocks).
+    has_row_texts: ClassVar[bool] = False
 
     # ---- config -------------------------------------------------------------------------------
     @classmethod
@@ -90,6 +93,11 @@ class Task(SharedStateTask):
     @classmethod
     def load_splits(cls, config) -> tuple[Any, Any]:
         """(train, test) tables of an experiment, checked; test uses train's label names."""
+        raise NotImplementedError
+
+    @classmethod
+    def row_texts(cls, table: Any) -> list[str]:
+        """The text of each row of a table (tasks with ``has_row_texts``)."""
         raise NotImplementedError
 
     @classmethod

@@ -116,6 +116,7 @@ class CausalLMTask(Task):
 
     shares_label_set = False  # labels only group rows for partitions
     generates = True
+    has_row_texts = True
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -148,6 +149,14 @@ class CausalLMTask(Task):
             labelled_as_instructions(train, instruction),
             labelled_as_instructions(test, instruction),
         )
+
+    @classmethod
+    def row_texts(cls, table: Instructions) -> list[str]:
+        """A row's text: its messages' contents and its response, one per line."""
+        return [
+            "\n".join([*(m["content"] for m in messages), response])
+            for messages, response in zip(table.messages, table.responses, strict=True)
+        ]
 
     @classmethod
     def load_test(cls, config) -> Instructions:

@@ -109,9 +109,15 @@ def load_labelled(config) -> tuple[LabelledText, LabelledText]:
 class ClassificationTask(Task):
     """Builds the classifier around a method-adapted encoder; computes loss and accuracy."""
 
+    has_row_texts = True
+
     @classmethod
     def load_splits(cls, config) -> tuple[LabelledText, LabelledText]:
         return load_labelled(config)
+
+    @classmethod
+    def row_texts(cls, table: LabelledText) -> list[str]:
+        return table.texts
 
     @classmethod
     def load_test(cls, config) -> LabelledText:
