@@ -4,9 +4,10 @@ and unlearning a backdoor client. Usage, from the repository root, after ``make 
     .venv/bin/python benchmarks/governance.py contrib [--seeds 0 1 2]
     .venv/bin/python benchmarks/governance.py unlearn [--seeds 0 1 2]
 
-Both: MiniLM + LoRA (the default method), 3,000 AG News training rows dealt IID over 5 clients,
-every client in every round, 5 rounds × 10 local steps × batch 16, FedAvg, kept updates; scored on
-the first 500 test rows. Every system of a seed starts from the same weights and trains the same
+Both: MiniLM + LoRA (the default method), AG News training rows dealt IID over 5 clients, every
+client in every round, batch 16, FedAvg, kept updates. ``unlearn``: 3,000 rows, 5 rounds × 10
+local steps, scored on the first 500 test rows; ``contrib`` (six trainings a seed): 2,000 rows,
+3 rounds × 8 local steps, scored on the first 300. Every system of a seed starts from the same weights and trains the same
 clients in the same rounds with the same seeds (a retrained run leaves its removed client out of
 the rounds; the others keep theirs).
 
@@ -69,6 +70,14 @@ COMMON = [
     "federation.batch_size=16",
     "governance.keep_updates=true",
 ]
+# The contribution bench trains 6 runs a seed (the run and one without each client): shorter.
+CONTRIB = [
+    *COMMON,
+    "data.train_rows=2000",
+    "data.eval_rows=300",
+    "federation.rounds=3",
+    "federation.local_steps=8",
+]
 ROLES = {"c1": "free rider", "c2": "label noise", "c4": "duplicate of c0"}
 WORK = cache_dir() / "bench" / "governance-runs"  # run directories: not results
 
@@ -109,7 +118,7 @@ def contrib(seed: int, out: Path) -> dict:
         return json.loads(target.read_text())
     work = WORK / f"contrib-s{seed}"
     shutil.rmtree(work, ignore_errors=True)
-    overrides = [*COMMON, f"seed={seed}", f"name=contrib-s{seed}"]
+    overrides = [*CONTRIB, f"seed={seed}", f"name=contrib-s{seed}"]
     run_dir, summary, seconds, p = train(overrides, work)
     full = summary["final_accuracy"]
     clients = p.partition.client_ids
@@ -252,7 +261,10 @@ def main() -> None:
         }
         name = "governance-unlearn.json"
     result = {
-        "setup": {"overrides": COMMON, "roles": ROLES if args.what == "contrib" else None},
+        "setup": {
+            "overrides": CONTRIB if args.what == "contrib" else COMMON,
+            "roles": ROLES if args.what == "contrib" else None,
+        },
         "seeds": args.seeds,
         "summary": summary,
         "runs": runs,
