@@ -10,10 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedfm.governance.kept import KeepUpdates, KeptRound, kept_rounds, load_round
+from fedfm.governance.keys import server_key
+from fedfm.governance.provenance import ProvenanceLog
 from fedfm.prepared import Prepared
 from fedfm.server.observers import RoundObserver
 
-__all__ = ["KeepUpdates", "KeptRound", "kept_rounds", "load_round", "observers"]
+__all__ = ["KeepUpdates", "KeptRound", "ProvenanceLog", "kept_rounds", "load_round", "observers"]
 
 
 def observers(p: Prepared, run_dir: Path | None) -> list[RoundObserver]:
@@ -24,4 +26,7 @@ def observers(p: Prepared, run_dir: Path | None) -> list[RoundObserver]:
     out: list[RoundObserver] = []
     if g.keep_updates:
         out.append(KeepUpdates(run_dir))
+    if g.provenance:  # after KeepUpdates: a round's record holds the hash of its kept file
+        key, _ = server_key(g.signing_key)
+        out.append(ProvenanceLog(run_dir, p.config, key))
     return out
