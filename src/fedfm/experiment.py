@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedfm import assemble
+from fedfm import assemble, governance
 from fedfm.config import ExperimentConfig
 from fedfm.errors import ResumeError
 from fedfm.metrics.sinks import ConsoleSink, JsonlSink, Sink, report_sinks
@@ -70,6 +70,7 @@ def run(
 
     torch.set_num_threads(config.runtime.threads or os.cpu_count() or 1)
     p = assemble.prepare(config)  # data and model errors surface before anything is written
+    governance.check_ready(config)  # so does a missing signing key
     run_dir, rows = open_run(p, out, resume, start_round)
     all_sinks: list[Sink] = [ConsoleSink(enabled=progress), *sinks]
     with names_run_dir(run_dir):

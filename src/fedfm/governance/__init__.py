@@ -9,13 +9,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fedfm.config import ExperimentConfig
 from fedfm.governance.kept import KeepUpdates, KeptRound, kept_rounds, load_round
 from fedfm.governance.keys import server_key
 from fedfm.governance.provenance import ProvenanceLog
 from fedfm.prepared import Prepared
 from fedfm.server.observers import RoundObserver
 
-__all__ = ["KeepUpdates", "KeptRound", "ProvenanceLog", "kept_rounds", "load_round", "observers"]
+__all__ = [
+    "KeepUpdates",
+    "KeptRound",
+    "ProvenanceLog",
+    "check_ready",
+    "kept_rounds",
+    "load_round",
+    "observers",
+]
+
+
+def check_ready(config: ExperimentConfig) -> None:
+    """Fail (one line) before a run writes anything when ``[governance]`` cannot keep its
+    promise: the signing key of the provenance log is missing or unreadable."""
+    if config.governance.provenance:
+        server_key(config.governance.signing_key)
 
 
 def observers(p: Prepared, run_dir: Path | None) -> list[RoundObserver]:

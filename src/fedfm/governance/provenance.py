@@ -181,7 +181,7 @@ class ProvenanceLog(RoundObserver):
         if self.path.is_file():
             self._continue(pub_path, public)
             kind = "resume"
-        else:
+        if not pub_path.is_file() or kind == "start":
             tmp = pub_path.with_name(f".tmp_{PUBLIC_KEY}")
             tmp.write_bytes(public_pem(public))
             os.replace(tmp, pub_path)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from fedfm import assemble
+from fedfm import assemble, governance
 from fedfm.codecs import evaluation
 from fedfm.compat import check_network
 from fedfm.config import (
@@ -95,6 +95,7 @@ def serve(
         labels = tuple(p.test.label_names)
         config = replace(config, data=replace(config.data, labels=labels))
         p.config = config
+    governance.check_ready(config)  # a missing signing key stops us before anything is written
     run_dir, rows = open_run(p, out, resume, start_round)
 
     c = config
