@@ -99,18 +99,18 @@ def test_every_changed_byte_of_the_log_is_caught_and_its_line_named(signed_run, 
     )  # the newline ending a line belongs to it
     rng = np.random.default_rng(7)
     for position in range(len(original)):
-        for value in (int(rng.integers(1, 256)),):  # any change of the byte, seeded
-            data = bytearray(original)
-            data[position] ^= value
-            log.write_bytes(bytes(data))
-            result = verify_run(run_dir)
-            line = int(line_of[position]) + 1
-            assert not result.ok, (position, value)
-            assert any(f"{LOG} line {line}:" in p for p in result.problems), (
-                position,
-                value,
-                result.problems,
-            )
+        value = int(rng.integers(1, 256))  # any change of the byte, seeded
+        data = bytearray(original)
+        data[position] ^= value
+        log.write_bytes(bytes(data))
+        result = verify_run(run_dir)
+        line = int(line_of[position]) + 1
+        assert not result.ok, (position, value)
+        assert any(f"{LOG} line {line}:" in p for p in result.problems), (
+            position,
+            value,
+            result.problems,
+        )
     log.write_bytes(original)
     assert verify_run(run_dir).ok
 
