@@ -70,7 +70,8 @@ def run(
 
     torch.set_num_threads(config.runtime.threads or os.cpu_count() or 1)
     p = assemble.prepare(config)  # data and model errors surface before anything is written
-    governance.check_ready(config)  # so does a missing signing key
+    if config.federation.mode != "standalone":  # (standalone runs keep no provenance log)
+        governance.check_ready(config)  # so does a missing signing key
     run_dir, rows = open_run(p, out, resume, start_round)
     all_sinks: list[Sink] = [ConsoleSink(enabled=progress), *sinks]
     with names_run_dir(run_dir):

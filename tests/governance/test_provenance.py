@@ -4,24 +4,45 @@ exported model."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import shutil
 import stat
+from collections import OrderedDict
 
 import numpy as np
 import pytest
+import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from safetensors.torch import load_file
 
 import fedfm
 from fedfm.cli import main
+from fedfm.config import config_to_toml
 from fedfm.errors import ConfigError, DataError
 from fedfm.governance.kept import load_round
-from fedfm.governance.keys import default_key_path, fingerprint, public_pem, server_key
-from fedfm.governance.provenance import GENESIS, LOG, PUBLIC_KEY, canonical, sign, state_digest
+from fedfm.governance.keys import (
+    default_key_path,
+    fingerprint,
+    public_pem,
+    raw_public,
+    server_key,
+    upload_message,
+)
+from fedfm.governance.provenance import (
+    GENESIS,
+    LOG,
+    PUBLIC_KEY,
+    ProvenanceLog,
+    canonical,
+    sign,
+    state_digest,
+)
 from fedfm.governance.verify import verify_run
+from fedfm.server.observers import RoundRecord
+from fedfm.state import Update
 from tests.conftest import TINY
 from tests.test_experiment import _Interrupt
 
@@ -282,3 +303,34 @@ def test_resuming_a_run_whose_log_was_changed_is_refused_and_writes_nothing(
 
 def test_the_key_folder_of_the_tests_is_not_the_users():
     assert os.environ["FEDFM_CONFIG_HOME"] in str(default_key_path())
+
+
+def test_a_clients_signature_must_cover_the_upload_the_server_recorded(tmp_path, tiny_config):
+    """Over the network each client signs its upload; a server that records another upload
+    for it than the one it signed is caught (the log itself being validly signed)."""
+    config = tiny_config()
+    (tmp_path / "config.toml").write_text(config_to_toml(config))
+    log = ProvenanceLog(tmp_path, config, server_key("")[0])
+    client = Ed25519PrivateKey.generate()
+    state = OrderedDict(w=torch.zeros(2))
+
+    def signed(data: bytes) -> dict:
+        digest = hashlib.sha256(data).hexdigest()
+        signature = client.sign(upload_message(config.name, "c0", 1, "", digest))
+        return {
+            "round": 1,
+            "stage": "",
+            "public_key": base64.b64encode(raw_public(client)).decode(),
+            "signature": base64.b64encode(signature).decode(),
+        }
+
+    def record(rnd: int, upload: bytes, signatures: dict) -> RoundRecord:
+        update = Update("c0", rnd, state, 3, {})
+        return RoundRecord(rnd, state, state, [update], {"c0": upload}, {}, None, signatures)
+
+    log.round(record(1, b"upload", {"c0": signed(b"upload")}))
+    assert verify_run(tmp_path).ok
+    log.round(record(2, b"another", {"c0": signed(b"upload")}))  # not what c0 signed
+    assert verify_run(tmp_path).problems == [
+        f"{LOG} line 3: client 'c0''s signature does not cover the upload recorded for it"
+    ]

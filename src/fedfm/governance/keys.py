@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -22,14 +23,18 @@ from fedfm.config.paths import resolve_path
 from fedfm.errors import ConfigError, DataError
 
 __all__ = [
+    "client_key",
     "config_home",
     "default_key_path",
     "fingerprint",
     "load_private_key",
     "load_public_key",
+    "public_from_raw",
     "public_pem",
+    "raw_public",
     "server_key",
     "signature_valid",
+    "upload_message",
 ]
 
 
@@ -84,18 +89,55 @@ def load_private_key(path: Path, what: str = "signing key") -> Ed25519PrivateKey
 def server_key(configured: str) -> tuple[Ed25519PrivateKey, Path]:
     """The server's key and where it is: ``configured`` (must exist), or the default one,
     made on first use."""
+    return _key(configured, "governance.signing_key", "server")
+
+
+def client_key(configured: str | Path | None, client_id: str) -> tuple[Ed25519PrivateKey, Path]:
+    """A network client's key (``fedfm join --signing-key``): ``configured`` (must exist), or
+    ``<config home>/keys/client-<id>.ed25519``, made on first use."""
+    if not configured and not CLIENT_FILE_NAME.match(client_id):
+        raise ConfigError(
+            f"--client-id {client_id[:80]!r} cannot name a key file (1–128 letters, digits, "
+            "'_', '.' or '-', not starting with '.'); give --signing-key"
+        )
+    return _key(str(configured or ""), "--signing-key", f"client-{client_id}")
+
+
+CLIENT_FILE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
+
+
+def _key(configured: str, option: str, default_name: str) -> tuple[Ed25519PrivateKey, Path]:
     if configured:
         path = resolve_path(configured)
         if not path.is_file():
             raise ConfigError(
-                f"governance.signing_key = {configured!r}: no such file; give an Ed25519 PEM "
-                "key, or leave it empty to use (and make) the default key"
+                f"{option} = {configured!r}: no such file; give an Ed25519 PEM key, or leave "
+                "it empty to use (and make) the default key"
             )
-        return load_private_key(path, "governance.signing_key"), path
-    path = default_key_path()
+        return load_private_key(path, option), path
+    path = default_key_path(default_name)
     if not path.exists():
         _create_key(path)
     return load_private_key(path), path
+
+
+def raw_public(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
+    """The 32 raw bytes of a (private key's) public key, as they travel at Join."""
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def public_from_raw(data: bytes) -> Ed25519PublicKey:
+    """The Ed25519 public key of 32 raw bytes; ValueError otherwise."""
+    if len(data) != 32:
+        raise ValueError(f"{len(data)} bytes, not the 32 of an Ed25519 public key")
+    return Ed25519PublicKey.from_public_bytes(data)
+
+
+def upload_message(run: str, client_id: str, rnd: int, stage: str, sha256: str) -> bytes:
+    """What a network client signs for each upload: the run, itself, the round, the stage and
+    the sha256 of the payload, so a signature cannot be replayed for another one."""
+    return "\n".join(["fedfm-upload-v1", run, client_id, str(rnd), stage, sha256]).encode()
 
 
 def public_pem(key: Ed25519PublicKey) -> bytes:

@@ -5,10 +5,11 @@ One JSON object per line, in canonical form (sorted keys, no spaces, ASCII)::
 
     start    the run began: fedfm version, the key's fingerprint, sha256 of config.toml
     resume   the run was resumed (same fields); the chain goes on from the last record
-    round    round, config, strategy, codecs, per admitted client the sha256 of its upload and
-             the digest of its decoded update and its example count, the digests of the state
-             the round started from and of the aggregate, the sha256 of every checkpoint file
-             and of the kept-updates file
+    round    round, config, strategy, codecs, per admitted client the sha256 of its upload,
+             the digest of its decoded update, its example count and (over the network) its
+             own signature of the upload with its public key; the digests of the state the
+             round started from and of the aggregate, the sha256 of every checkpoint file and
+             of the kept-updates file
     export   the exported folder's files (sha256 each) and the final state's digest
 
 Every record holds ``seq`` (its line number from 0), ``prev`` (sha256 of the previous line's
@@ -172,6 +173,7 @@ class ProvenanceLog(RoundObserver):
         self.key = key
         public = key.public_key()
         self.fingerprint = fingerprint(public)
+        self.run_name = config.name
         self.strategy = config.strategy.plugin_name
         self.codec = {"down": list(config.codec.down), "up": list(config.codec.up)}
         self.keep_updates = config.governance.keep_updates
@@ -248,6 +250,7 @@ class ProvenanceLog(RoundObserver):
                 "payload": _sha(record.payloads.get(u.client_id, b"")),
                 "update": state_digest(u.state),
                 "examples": int(u.num_examples),
+                "signed": record.signatures.get(u.client_id),  # over the network: by the client
             }
             for u in record.updates
         ]
@@ -256,6 +259,7 @@ class ProvenanceLog(RoundObserver):
             clients = [{"id": str(c)} for c in record.row["clients"]]
         entry: dict[str, Any] = {
             "kind": "round",
+            "run": self.run_name,
             "round": rnd,
             "config": self.config_hash,
             "strategy": self.strategy,

@@ -2,14 +2,16 @@
 
 Checked: every line of ``provenance.jsonl`` (canonical, in place, chained, signed by the server's
 key), that the start and resume records name that key, that each round started from the
-aggregate of the round before, that ``config.toml`` is the one the last start or resume recorded,
-and that every checkpoint file, every exported file and every kept-updates file has the sha256
-the newest valid record naming it holds (no file missing, none added). The exported state must
-be the last round's aggregate. Each problem is one line naming the file and the place.
+aggregate of the round before, that each network client's own signature covers the upload the
+server recorded for it, that ``config.toml`` is the one the last start or resume recorded, and
+that every checkpoint file, every exported file and every kept-updates file has the sha256 the
+newest valid record naming it holds (no file missing, none added). The exported state must be
+the last round's aggregate. Each problem is one line naming the file and the place.
 """
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedfm.errors import DataError
 from fedfm.governance.kept import UPDATES
-from fedfm.governance.keys import fingerprint, load_public_key, public_pem
+from fedfm.governance.keys import (
+    fingerprint,
+    load_public_key,
+    public_from_raw,
+    public_pem,
+    signature_valid,
+    upload_message,
+)
 from fedfm.governance.provenance import LOG, PUBLIC_KEY, check_log, file_sha256, folder_sha256
 from fedfm.server.checkpoint import CHECKPOINTS
 
@@ -95,6 +104,7 @@ def _semantics(records: list[dict[str, Any] | None], key: str, problems: list[st
             if isinstance(rnd, int):
                 aggregates[rnd] = rec.get("aggregate")
             last_round = rec
+            problems.extend(f"{where}: {p}" for p in _client_signatures(rec))
         elif (
             kind == "export"
             and last_round is not None
@@ -103,6 +113,31 @@ def _semantics(records: list[dict[str, Any] | None], key: str, problems: list[st
             problems.append(
                 f"{where}: the exported state is not round {last_round.get('round')}'s aggregate"
             )
+
+
+def _client_signatures(rec: dict[str, Any]) -> list[str]:
+    """Each client's own signature of its upload (network runs): it must cover the payload
+    hash the server recorded for it."""
+    out = []
+    for c in rec.get("clients") or []:
+        signed = c.get("signed") if isinstance(c, dict) else None
+        if not signed:
+            continue
+        try:
+            key = public_from_raw(base64.b64decode(signed["public_key"], validate=True))
+            signature = base64.b64decode(signed["signature"], validate=True)
+            message = upload_message(
+                str(rec.get("run")), c["id"], signed["round"], signed["stage"], c["payload"]
+            )
+            valid = signature_valid(key, signature, message)
+        except (KeyError, TypeError, ValueError):
+            valid = False
+        if not valid:
+            out.append(
+                f"client {str(c.get('id'))[:80]!r}'s signature does not cover the upload "
+                "recorded for it"
+            )
+    return out
 
 
 def _newest(records: list[dict[str, Any] | None], match) -> tuple[int, dict[str, Any]] | None:

@@ -9,7 +9,7 @@ the sum, so ``updates`` and ``payloads`` are empty.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ class RoundRecord:
     payloads: dict[str, bytes]  # each admitted client's uploaded bytes
     row: dict[str, Any]  # the round's metrics row
     checkpoint: Path | None = None  # the checkpoint written for the round, if any
+    # what each network client signed for its upload (Runtime.upload_signatures)
+    signatures: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class RoundObserver:
