@@ -329,7 +329,8 @@ def test_a_clients_signature_must_cover_the_upload_the_server_recorded(tmp_path,
         return RoundRecord(rnd, state, state, [update], {"c0": upload}, {}, None, signatures)
 
     log.round(record(1, b"upload", {"c0": signed(b"upload")}))
-    assert verify_run(tmp_path).ok
+    result = verify_run(tmp_path)
+    assert result.ok and result.client_signatures == 1
     log.round(record(2, b"another", {"c0": signed(b"upload")}))  # not what c0 signed
     assert verify_run(tmp_path).problems == [
         f"{LOG} line 3: client 'c0''s signature does not cover the upload recorded for it"

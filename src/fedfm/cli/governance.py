@@ -43,6 +43,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(
             f"verified {args.run_dir}: {result.records} records, chain and signatures valid "
             f"(key {result.key}), {result.files} files match"
+            + (
+                f", {result.client_signatures} client signatures valid"
+                if result.client_signatures
+                else ""
+            )
         )
         return 0
     print(f"verification FAILED for {args.run_dir}: {len(result.problems)} problem(s)")

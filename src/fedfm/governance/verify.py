@@ -47,6 +47,7 @@ class Verification:
     key: str  # the fingerprint the signatures were checked with ("" = none could be read)
     pinned: bool
     notes: list[str] = field(default_factory=list)
+    client_signatures: int = 0  # clients' own signatures of their uploads (network runs)
 
     @property
     def ok(self) -> bool:
@@ -258,6 +259,13 @@ def verify_run(run_dir: Path, public_key: Path | None = None) -> Verification:
     problems.extend(log_problems)
     printed = fingerprint(key) if key is not None else ""
     _semantics(records, printed, problems)
+    signed = sum(
+        1
+        for r in records
+        if r is not None and r.get("kind") == "round"
+        for c in r.get("clients") or []
+        if isinstance(c, dict) and c.get("signed")
+    )
     _config(run_dir, records, problems)
     files = _files(run_dir, records, problems)
     notes = []
@@ -267,4 +275,4 @@ def verify_run(run_dir: Path, public_key: Path | None = None) -> Verification:
             "consistent with that key, not who wrote it (whoever rewrites the log can replace "
             "both); pin the server's key with --public-key"
         )
-    return Verification(problems, len(records), files, printed, pinned, notes)
+    return Verification(problems, len(records), files, printed, pinned, notes, signed)
