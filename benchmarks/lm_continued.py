@@ -150,8 +150,11 @@ def main() -> None:
     if "--reuse" in sys.argv and (merged / "model.safetensors").exists() and previous.exists():
         # steps 1-2 done by an earlier invocation of this script: keep its figures and model
         figures.update(
-            {k: v for k, v in json.loads(previous.read_text())["figures"].items()
-             if not k.startswith("downstream")}
+            {
+                k: v
+                for k, v in json.loads(previous.read_text())["figures"].items()
+                if not k.startswith("downstream")
+            }
         )
         figures["reused_continued_from"] = json.loads(previous.read_text())["hardware"]
     else:

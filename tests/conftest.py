@@ -32,6 +32,12 @@ def _token_cache(tmp_path_factory):
     os.environ["FEDFM_CACHE"] = str(tmp_path_factory.mktemp("fedfm-cache"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _config_home(tmp_path_factory):
+    """Signing keys (provenance is on by default) go to a temporary folder, not ~/.config."""
+    os.environ["FEDFM_CONFIG_HOME"] = str(tmp_path_factory.mktemp("fedfm-config"))
+
+
 @pytest.fixture
 def tiny_config():
     """``tiny_config(*overrides)`` → an ExperimentConfig on a small AG News slice."""

@@ -34,6 +34,7 @@ from fedfm.rundir import (
 )
 from fedfm.runtimes import RUNTIMES
 from fedfm.server.federation import Federation
+from fedfm.server.observers import check_observers
 from fedfm.state import clone_state
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ def run(
 
     torch.set_num_threads(config.runtime.threads or os.cpu_count() or 1)
     p = assemble.prepare(config)  # data and model errors surface before anything is written
+    if config.federation.mode != "standalone":  # (standalone runs keep no provenance log)
+        check_observers(config)  # so does a missing signing key
     run_dir, rows = open_run(p, out, resume, start_round)
     all_sinks: list[Sink] = [ConsoleSink(enabled=progress), *sinks]
     with names_run_dir(run_dir):

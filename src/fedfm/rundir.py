@@ -25,7 +25,7 @@ import os
 import platform
 import shlex
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -239,13 +239,21 @@ def provenance() -> dict[str, Any]:
 
 
 def finish(
-    run_dir: Path, rows: list[dict[str, Any]], summary: dict[str, Any], sinks: Sequence[Sink]
+    run_dir: Path,
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    sinks: Sequence[Sink],
+    after_export: Callable[[], dict[str, Any]] | None = None,
 ) -> RunResult:
-    """Write ``summary.json`` and the report; tell the sinks the run ended."""
+    """Write the model card, ``summary.json`` and the report; tell the sinks the run ended.
+    ``after_export`` (the governance observers) runs once the exported folder is final, after
+    the model card; its fields join the summary."""
     summary["peak_rss_mb"] = round(peak_rss_mb(), 1)
     summary.update(provenance())
     if "export_dir" in summary:
         write_model_card(Path(summary["export_dir"]), load_config(run_dir / "config.toml"), summary)
+    if after_export is not None:
+        summary.update(after_export())
     write_json(run_dir / "summary.json", summary)
     write_report(run_dir, (run_dir / "config.toml").read_text(), rows, summary)
     for sink in sinks:
@@ -337,9 +345,13 @@ def _drive(
     final = _final_figures(p, fed.rows)
     export_dir = run_dir / ("adapter" if p.task.method.is_peft else "model")
     p.task.export(export_dir, p.train.label_names)
-    governance: dict[str, Any] = {}
-    for observer in fed.observers:  # kept updates, provenance, contribution values
-        governance.update(observer.finish(run_dir, state, export_dir))
+
+    def governance() -> dict[str, Any]:  # kept updates, provenance, contribution values
+        fields: dict[str, Any] = {}
+        for observer in fed.observers:
+            fields.update(observer.finish(run_dir, state, export_dir))
+        return fields
+
     summary = {
         **summary_base(p, run_dir),
         "final_accuracy": final["accuracy"],
@@ -363,6 +375,5 @@ def _drive(
             else {}
         ),
         "export_dir": str(export_dir),
-        **governance,
     }
-    return finish(run_dir, fed.rows, summary, sinks)
+    return finish(run_dir, fed.rows, summary, sinks, governance)

@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from fedfm.cli import main
 from fedfm.config import config_to_toml
+from fedfm.governance.provenance import LOG
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.network
@@ -181,6 +183,17 @@ def _assert_same_adapter(a: Path, b: Path) -> None:
     assert worst == 0.0, f"the adapters differ by up to {worst:.3g}"
 
 
+def _assert_signed_by_every_client(run_dir: Path, rounds: list[int]) -> None:
+    """The provenance log holds each client's own signature of every upload it made, and
+    `fedfm verify` checks the whole run directory (log, checkpoints, adapter, signatures)."""
+    records = [json.loads(line) for line in (run_dir / LOG).read_text().splitlines()]
+    newest = {r["round"]: r for r in records if r["kind"] == "round"}
+    assert sorted(newest) == rounds
+    for rec in newest.values():
+        assert rec["clients"] and all(c["signed"]["public_key"] for c in rec["clients"])
+    assert main(["verify", str(run_dir)]) == 0
+
+
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory):
     """The same experiment in simulation: the reference the network runs must reproduce."""
@@ -202,6 +215,7 @@ def test_a_server_and_four_clients_reproduce_the_simulated_run(tmp_path, simulat
     rows = [json.loads(r) for r in (d.run_dir() / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3]
     assert "done: trained in 3 rounds" in (tmp_path / "join-c0.log").read_text()
+    _assert_signed_by_every_client(d.run_dir(), rounds=[1, 2, 3])
 
 
 def test_a_server_killed_mid_run_resumes_to_the_same_final_state(tmp_path, simulated):
@@ -223,6 +237,7 @@ def test_a_server_killed_mid_run_resumes_to_the_same_final_state(tmp_path, simul
     assert summary["final_accuracy"] == simulated.summary["final_accuracy"]
     _assert_same_adapter(d.run_dir(), simulated.run_dir)
     assert "joining again" in d.logs()
+    _assert_signed_by_every_client(d.run_dir(), rounds=[1, 2, 3])
 
 
 def test_a_client_killed_mid_round_is_dropped_and_the_run_goes_on(tmp_path):

@@ -258,6 +258,7 @@ def cmd_join(args) -> int:
         insecure=args.insecure,
         retry_seconds=args.retry_seconds,
         policy=policy,
+        signing_key=args.signing_key,
     )
     result = client.run(args.data)
     print(

@@ -16,15 +16,56 @@ from fedfm.governance.contrib import METHODS
 from fedfm.governance.kept import load_round, require_kept
 from fedfm.governance.unlearn import unlearn
 from fedfm.governance.valuation import CONTRIBUTIONS, contributions
+from fedfm.governance.verify import verify_run
 from fedfm.rundir import run_config
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+def add_verify(sub) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="check a run directory against its signed provenance log (exit 1: changed)",
+        description="Check provenance.jsonl (every line canonical, chained and signed by the "
+        "server's Ed25519 key), config.toml, the checkpoints, the kept updates and the exported "
+        "model against it. Exit 0: everything checks; 1: something was changed (each problem "
+        "on one line, naming the file and the place); 2: bad input.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
+    p.add_argument(
+        "--public-key",
+        metavar="PEM",
+        default=None,
+        help="the server's public key (PEM) to check the signatures with; default: "
+        "provenance.pub beside the log, which proves only consistency with that file",
+    )
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    public_key = Path(args.public_key) if args.public_key else None
+    result = verify_run(Path(args.run_dir), public_key)
+    for problem in result.problems:
+        print(problem)
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.ok:
+        print(
+            f"verified {args.run_dir}: {result.records} records, chain and signatures valid "
+            f"(key {result.key}), {result.files} files match"
+            + (
+                f", {result.client_signatures} client signatures valid"
+                if result.client_signatures
+                else ""
+            )
+        )
+        return 0
+    print(f"verification FAILED for {args.run_dir}: {len(result.problems)} problem(s)")
+    return 1
 
 
 def add_parsers(sub) -> None:
     """Declare every governance command on the ``fedfm`` sub-parsers."""
     add_contrib(sub)
     add_unlearn(sub)
+    add_verify(sub)
 
 
 def add_contrib(sub) -> None:
@@ -87,9 +128,6 @@ def cmd_contrib(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS["contrib"] = cmd_contrib
-
-
 def add_unlearn(sub) -> None:
     p = sub.add_parser(
         "unlearn",
@@ -126,4 +164,8 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS["unlearn"] = cmd_unlearn
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "contrib": cmd_contrib,
+    "unlearn": cmd_unlearn,
+    "verify": cmd_verify,
+}

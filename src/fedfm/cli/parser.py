@@ -23,6 +23,7 @@ EPILOG = """examples:
   fedfm generate runs/debian-pretrain --prompt "Command-line tool"    continue with a pre-trained LM
   fedfm synthesize configs/fm4fl_gptfl.toml  GPT-FL data: generate, verify, write for review
   fedfm bench --quick --peers plain          fedfm against a plain PyTorch loop, in minutes
+  fedfm verify runs/agnews-lora              check a run against its signed provenance log
   fedfm certs certs/                         test CA + server certificate for TLS
   fedfm serve configs/network.toml           serve an experiment to network clients
   fedfm dashboard runs/agnews-lora --port 8765   a live page of a run at http://127.0.0.1:8765/
@@ -164,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("--ca", help="CA certificate (PEM) that signed the server's certificate")
     join.add_argument("--cert", help="client certificate (PEM) for mutual TLS")
     join.add_argument("--key", help="its private key (PEM)")
+    join.add_argument(
+        "--signing-key",
+        metavar="PEM",
+        help="this client's Ed25519 key (PEM) that signs its uploads; the server pins the first "
+        "one a client joins with (default: ~/.config/fedfm/keys/client-ID.ed25519, made on "
+        "first use)",
+    )
     join.add_argument(
         "--insecure", action="store_true", help="no TLS (only for servers with server.tls = false)"
     )

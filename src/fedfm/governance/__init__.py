@@ -9,16 +9,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fedfm.config import ExperimentConfig
 from fedfm.governance.dedup import dedup_filter, deduplicate  # registers the partition filter
 from fedfm.governance.kept import KeepUpdates, KeptRound, kept_rounds, load_round
+from fedfm.governance.provenance import ProvenanceLog
 from fedfm.governance.valuation import Contributions, contributions
 from fedfm.prepared import Prepared
-from fedfm.server.observers import OBSERVERS, RoundObserver
+from fedfm.server.observers import OBSERVER_CHECKS, OBSERVERS, RoundObserver
+from fedfm.signing import server_key
 
 __all__ = [
     "Contributions",
     "KeepUpdates",
     "KeptRound",
+    "ProvenanceLog",
+    "check_ready",
     "contributions",
     "dedup_filter",
     "deduplicate",
@@ -26,6 +31,14 @@ __all__ = [
     "load_round",
     "observers",
 ]
+
+
+@OBSERVER_CHECKS.register("governance")
+def check_ready(config: ExperimentConfig) -> None:
+    """Fail (one line) before a run writes anything when ``[governance]`` cannot keep its
+    promise: the signing key of the provenance log is missing or unreadable."""
+    if config.governance.provenance:
+        server_key(config.governance.signing_key)
 
 
 @OBSERVERS.register("governance")
@@ -37,6 +50,9 @@ def observers(p: Prepared, run_dir: Path | None) -> list[RoundObserver]:
     out: list[RoundObserver] = []
     if g.keep_updates:
         out.append(KeepUpdates(run_dir))
-    if g.contrib != "none":
+    if g.provenance:  # after KeepUpdates: a round's record holds the hash of its kept file
+        key, _ = server_key(g.signing_key)
+        out.append(ProvenanceLog(run_dir, p.config, key))
+    if g.contrib != "none":  # after the export record: the values change no exported byte
         out.append(Contributions(p))
     return out

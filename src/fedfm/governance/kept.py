@@ -66,7 +66,8 @@ class KeptRound:
         )
 
 
-def _round_path(run_dir: Path, rnd: int) -> Path:
+def round_path(run_dir: Path, rnd: int) -> Path:
+    """Where round ``rnd``'s kept updates are (``updates/round_NNNNN.safetensors``)."""
     return run_dir / UPDATES / f"round_{rnd:05d}.safetensors"
 
 
@@ -88,7 +89,7 @@ class KeepUpdates(RoundObserver):
             )
             tensors.update({f"client{i}/{n}": t.contiguous() for n, t in u.state.items()})
         meta = {"round": str(record.round), "clients": json.dumps(clients)}
-        final = _round_path(self.root.parent, record.round)
+        final = round_path(self.root.parent, record.round)
         tmp = final.with_name(f".tmp_{final.name}")
         save_file(tensors, str(tmp), metadata=meta)
         os.replace(tmp, final)
@@ -103,7 +104,7 @@ def kept_rounds(run_dir: Path) -> list[int]:
 
 
 def load_round(run_dir: Path, rnd: int) -> KeptRound:
-    path = _round_path(Path(run_dir), rnd)
+    path = round_path(Path(run_dir), rnd)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

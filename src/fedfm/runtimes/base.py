@@ -83,6 +83,12 @@ class Runtime:
         """An upload the loop admitted (decoded and checked): a runtime that survives restarts
         stores it here, never before, so a resume cannot replay a refused one."""
 
+    def upload_signatures(self, payloads: dict[str, bytes]) -> dict[str, dict[str, Any]]:
+        """What each client signed for its admitted upload (``payloads``: client → bytes), for
+        the round's provenance record: round, stage, its public key and signature (base64).
+        Only network clients sign; taken once (the runtime forgets them)."""
+        return {}
+
     def available(self, client_ids: list[str]) -> list[str]:
         """The clients that can be selected now (a network runtime: the connected ones)."""
         return list(client_ids)

@@ -291,7 +291,8 @@ class Federation:
         if self.observers:
             before = self._before if self._before is not None else state
             payloads = {u.client_id: self._payloads.get(u.client_id, b"") for u in updates}
-            record = RoundRecord(rnd, before, state, list(updates), payloads, row, path)
+            signed = self.runtime.upload_signatures(payloads)
+            record = RoundRecord(rnd, before, state, list(updates), payloads, row, path, signed)
             for observer in self.observers:
                 observer.round(record)
 

@@ -10,7 +10,7 @@ the sum, so ``updates`` and ``payloads`` are empty.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ class RoundRecord:
     payloads: dict[str, bytes]  # each admitted client's uploaded bytes
     row: dict[str, Any]  # the round's metrics row
     checkpoint: Path | None = None  # the checkpoint written for the round, if any
+    # what each network client signed for its upload (Runtime.upload_signatures)
+    signatures: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class RoundObserver:
@@ -51,3 +53,16 @@ OBSERVERS: Registry[ObserverFactory] = Registry("observer", "governance")
 def observers_for(prepared: Any, run_dir: Path | None) -> list[RoundObserver]:
     """Every registered factory's observers for this run, in registration order."""
     return [o for name in OBSERVERS.names() for o in OBSERVERS.get(name)(prepared, run_dir)]
+
+
+ObserverCheck = Callable[[Any], None]
+
+OBSERVER_CHECKS: Registry[ObserverCheck] = Registry("observer check", "governance")
+"""``config → None``: raises (one line) when an observer the config asks for cannot keep its
+promise (e.g. the provenance log's signing key is missing); run before anything is written."""
+
+
+def check_observers(config: Any) -> None:
+    """Every registered check, before a run (``fedfm run``, ``fedfm serve``) writes anything."""
+    for name in OBSERVER_CHECKS.names():
+        OBSERVER_CHECKS.get(name)(config)

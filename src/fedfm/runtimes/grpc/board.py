@@ -9,6 +9,7 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fedfm.runtimes.grpc.protocol import sha256
 
@@ -56,6 +57,7 @@ class PartialUpload:
     # Between streams the bytes so far wait on disk, not in memory (``spilled`` of them).
     spilled: int = 0
     streaming: bool = False  # a stream is appending to it now (one at a time)
+    signature: bytes = b""  # the client's Ed25519 signature of the upload (see Uploads)
 
     @property
     def received(self) -> int:
@@ -74,6 +76,9 @@ class Board:
         self.results: queue.Queue[tuple[str, int, str, bytes]] = queue.Queue()
         self.heard: dict[str, float] = {}
         self.sessions: dict[str, str] = {}  # session → client id
+        self.client_keys: dict[str, bytes] = {}  # client → its pinned Ed25519 key (raw)
+        # (client, payload sha256) → what it signed: round, stage, key and signature (base64)
+        self.signatures: dict[tuple[str, str], dict[str, Any]] = {}
         self.session_peers: dict[str, str] = {}  # session → the peer that joined with it
         self.finished = False
         self.told_done: set[str] = set()

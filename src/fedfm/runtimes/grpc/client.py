@@ -3,7 +3,9 @@
 Reliability: every call retries with exponential back-off while the server is unreachable (up
 to ``retry_seconds`` in a row); a server restart (unknown session) triggers a re-join; downloads
 and uploads resume from the last byte the other end acknowledged. A heartbeat keeps the client
-alive in the server's eyes while it trains.
+alive in the server's eyes while it trains. Every upload is signed with the client's Ed25519
+key (``--signing-key``), which the server pins at the first join and records in its provenance
+log.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from fedfm.privacy.secagg import ABORT, SecAggClient, decode_message, encode_mes
 from fedfm.runtimes.grpc import fedfm_pb2 as pb
 from fedfm.runtimes.grpc import fedfm_pb2_grpc as pb_grpc
 from fedfm.runtimes.grpc.protocol import VERSION, chunks, instructions_from_json, sha256
+from fedfm.signing import client_key, raw_public, upload_message
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +73,11 @@ class NetworkClient:
         chunk_size: int | None = None,
         heartbeat_seconds: float = 2.0,
         policy: PrivacyPolicy | None = None,
+        signing_key: str | Path | None = None,
     ) -> None:
         self.address = address
+        # signs every upload; the server pins it at the first join (default: made on first use)
+        self.signing_key, _ = client_key(signing_key, client_id)
         self.policy = policy or PrivacyPolicy()
         self.ledger: ClientLedger | None = None  # this client's own privacy account
         self.client_id = client_id
@@ -96,6 +102,7 @@ class NetworkClient:
             self.channel = grpc.secure_channel(address, creds, options=options)
         self.stub = pb_grpc.FedFMStub(self.channel)
         self.session = ""
+        self.run_name = ""  # the server's run: part of what each upload's signature covers
         self.client_index = 0
         self.config_toml = ""
         self.config = None  # the server's experiment, once joined
@@ -128,12 +135,18 @@ class NetworkClient:
     def join(self) -> pb.JoinReply:
         reply = self._call(
             self.stub.Join,
-            pb.JoinRequest(version=VERSION, client_id=self.client_id, token=self.token),
+            pb.JoinRequest(
+                version=VERSION,
+                client_id=self.client_id,
+                token=self.token,
+                public_key=raw_public(self.signing_key),
+            ),
             rejoin=False,
         )
         if reply.version != VERSION:
             raise ProtocolError(f"server speaks protocol {reply.version}, we speak {VERSION}")
         self.session, self.client_index = reply.session, reply.client_index
+        self.run_name = reply.run_name
         self.config_toml = reply.config_toml
         log.info("joined %s as %s (index %d)", self.address, self.client_id, self.client_index)
         return reply
@@ -169,6 +182,9 @@ class NetworkClient:
 
         ``stage`` names the secure-aggregation stage the upload answers ("" for an update)."""
         digest, offset, attempts = sha256(payload), start, 0
+        signature = self.signing_key.sign(
+            upload_message(self.run_name, self.client_id, rnd, stage, digest)
+        )
         size = min(chunk_size, self.chunk_size or chunk_size)
         while True:
             stream = (
@@ -181,6 +197,7 @@ class NetworkClient:
                     total_size=len(payload),
                     sha256=digest,
                     stage=stage,
+                    signature=signature,
                 )
                 for o, piece in chunks(payload, size, offset)
             )

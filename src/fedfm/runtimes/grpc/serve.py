@@ -42,6 +42,7 @@ from fedfm.runtimes.base import RUNTIMES
 from fedfm.runtimes.grpc.auth import ClientRegistry
 from fedfm.runtimes.grpc.server import GrpcRuntime
 from fedfm.runtimes.grpc.store import ServerStore
+from fedfm.server.observers import check_observers
 from fedfm.tasks import TASKS
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ def serve(
         labels = tuple(p.test.label_names)
         config = replace(config, data=replace(config.data, labels=labels))
         p.config = config
+    check_observers(config)  # a missing signing key stops us before anything is written
     run_dir, rows = open_run(p, out, resume, start_round)
 
     c = config

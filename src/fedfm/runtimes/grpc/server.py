@@ -147,8 +147,20 @@ class GrpcRuntime(Runtime):
         return {"connected": self._live(list(self.registry.order), time.monotonic())}
 
     def keep(self, rnd: int, client_id: str, payload: bytes) -> None:
-        """An admitted update, stored durably so that a resumed server reuses it."""
+        """An admitted update, stored durably so that a resumed server reuses it (with what
+        its client signed)."""
         self.store.save_update(rnd, client_id, payload)
+        with self.board.lock:
+            signed = self.board.signatures.get((client_id, sha256(payload)))
+        if signed:
+            self.store.save_signature(rnd, client_id, signed)
+
+    def upload_signatures(self, payloads):
+        with self.board.lock:
+            found = {
+                c: self.board.signatures.pop((c, sha256(p)), None) for c, p in payloads.items()
+            }
+        return {c: s for c, s in found.items() if s}
 
     def take_extra_bytes(self) -> int:
         with self.board.lock:
@@ -206,8 +218,11 @@ class GrpcRuntime(Runtime):
             stored = self.store.stored_update(rnd, task.client_id)
             if stored is not None:  # arrived before a server restart: not asked again
                 log.info("round %d: reusing the stored update of client %s", rnd, task.client_id)
+                signed = self.store.stored_signature(rnd, task.client_id)
                 with self.board.lock:
                     self.board.accepted.add((task.client_id, rnd, ""))
+                    if signed:
+                        self.board.signatures[(task.client_id, sha256(stored))] = signed
                 yield task.client_id, stored
                 continue
             open_work.append(self._fit_assignment(task, deadline))
@@ -237,6 +252,9 @@ class GrpcRuntime(Runtime):
         with self.board.lock:
             for k in [k for k in self.board.uploads if k[1] < rnd]:
                 self.service.uploads.forget(k)
+            signatures = self.board.signatures  # of uploads never admitted (or evaluations)
+            for k in [k for k, s in signatures.items() if s["round"] < rnd]:
+                del signatures[k]
 
     def _fit_assignment(self, task, deadline: float, **secure) -> Assignment:
         return Assignment(

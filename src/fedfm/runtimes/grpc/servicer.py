@@ -26,6 +26,7 @@ from fedfm.runtimes.grpc.guard import RateLimiter, StreamGuard, peer_host
 from fedfm.runtimes.grpc.protocol import VERSION, chunks
 from fedfm.runtimes.grpc.store import ServerStore
 from fedfm.runtimes.grpc.uploads import Uploads
+from fedfm.signing import public_from_raw
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class FedFMService(pb_grpc.FedFMServicer):
         self.limiter = RateLimiter(settings.max_requests_per_second)
         self.address_limiter = RateLimiter(settings.max_requests_per_address)
         self.join_limiter = RateLimiter(JOINS_PER_SECOND)
-        self.uploads = Uploads(board, store, settings, upload_limits)
+        self.uploads = Uploads(board, store, settings, upload_limits, run_name)
         self.guard = StreamGuard(
             settings.max_streams,
             settings.streams_per_address,
@@ -126,6 +127,33 @@ class FedFMService(pb_grpc.FedFMServicer):
         names = context.auth_context().get("x509_common_name")
         return names[0].decode() if names else None
 
+    def _pin_key(self, cid: str, public_key: bytes, context) -> None:
+        """The client's upload-signing key: the one it first joined with is pinned (in
+        ``server.sqlite``); a later join with another key, or with none, is refused."""
+        if public_key:
+            try:
+                public_from_raw(public_key)
+            except ValueError as e:
+                self._refuse(
+                    context, grpc.StatusCode.INVALID_ARGUMENT, f"the join's public key: {e}", cid
+                )
+        pinned = self.store.pinned_key(cid)
+        if pinned is None and public_key:
+            pinned = self.store.pin_key(cid, public_key)
+        if pinned is not None and public_key != pinned:
+            self._refuse(
+                context,
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"client {cid!r} joined before with another signing key; join with that key "
+                "(fedfm join --signing-key)",
+                cid,
+            )
+        with self.board.lock:
+            if public_key:
+                self.board.client_keys[cid] = public_key
+            else:
+                self.board.client_keys.pop(cid, None)
+
     # RPCs ------------------------------------------------------------------------------------
     def Join(self, request, context):
         host = self._check_address(context)
@@ -153,6 +181,7 @@ class FedFMService(pb_grpc.FedFMServicer):
         reason = self.registry.check(cid, request.token)
         if reason is not None:
             self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, reason, cid, public=denied)
+        self._pin_key(cid, request.public_key, context)
         session = secrets.token_urlsafe(24)
         peer = context.peer()
         now = time.monotonic()

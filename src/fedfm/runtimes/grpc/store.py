@@ -1,8 +1,8 @@
 """The network server's durable record: ``<run_dir>/server.sqlite`` plus payload files.
 
-What it keeps: the clients that joined (and the last round whose downlink each one fetched), the
-rounds (who was asked, who answered), every accepted update (its bytes in ``updates/``, its
-SHA-256 here), and an event log of rejects and faults. After ``kill -9`` the server resumes from
+What it keeps: the clients that joined (the signing key each first joined with, and the last
+round whose downlink each one fetched), the rounds (who was asked, who answered), every accepted
+update (its bytes in ``updates/``, its SHA-256 here), and an event log of rejects and faults. After ``kill -9`` the server resumes from
 the last round checkpoint; updates of the interrupted round that had already arrived are reused
 instead of asking their clients again. Stdlib ``sqlite3`` in WAL mode; one lock serialises the
 gRPC worker threads and the round loop.
@@ -29,6 +29,9 @@ CREATE TABLE IF NOT EXISTS updates (
     PRIMARY KEY (round, client_id));
 CREATE TABLE IF NOT EXISTS events (
     time REAL, round INTEGER, client_id TEXT, kind TEXT, detail TEXT);
+CREATE TABLE IF NOT EXISTS client_keys (client_id TEXT PRIMARY KEY, public_key BLOB);
+CREATE TABLE IF NOT EXISTS update_signatures (
+    round INTEGER, client_id TEXT, signed TEXT, PRIMARY KEY (round, client_id));
 """
 
 
@@ -57,6 +60,18 @@ class ServerStore:
             (client_id, now, now, now),
         )
 
+    def pin_key(self, client_id: str, public_key: bytes) -> bytes:
+        """The signing key ``client_id`` is known by: the first one it joined with (kept)."""
+        self._exec(
+            "INSERT OR IGNORE INTO client_keys (client_id, public_key) VALUES (?, ?)",
+            (client_id, public_key),
+        )
+        return self.pinned_key(client_id) or public_key
+
+    def pinned_key(self, client_id: str) -> bytes | None:
+        rows = self._exec("SELECT public_key FROM client_keys WHERE client_id = ?", (client_id,))
+        return bytes(rows[0][0]) if rows else None
+
     def clients(self) -> list[dict]:
         rows = self._exec("SELECT client_id, joined, last_seen, joins FROM clients")
         return [
@@ -81,6 +96,7 @@ class ServerStore:
         for (path,) in self._exec("SELECT DISTINCT path FROM updates WHERE round < ?", (rnd,)):
             shutil.rmtree(Path(path).parent, ignore_errors=True)
         self._exec("DELETE FROM updates WHERE round < ?", (rnd,))
+        self._exec("DELETE FROM update_signatures WHERE round < ?", (rnd,))
 
     def rounds(self) -> list[dict]:
         rows = self._exec("SELECT round, started, finished, selected, received FROM rounds")
@@ -110,6 +126,24 @@ class ServerStore:
                 time.time(),
             ),
         )
+
+    def save_signature(self, rnd: int, client_id: str, signed: dict) -> None:
+        """What the client signed for its stored update (a resumed server records it again)."""
+        self._exec(
+            "INSERT OR REPLACE INTO update_signatures VALUES (?, ?, ?)",
+            (rnd, client_id, json.dumps(signed)),
+        )
+
+    def stored_signature(self, rnd: int, client_id: str) -> dict | None:
+        rows = self._exec(
+            "SELECT signed FROM update_signatures WHERE round = ? AND client_id = ?",
+            (rnd, client_id),
+        )
+        try:
+            signed = json.loads(rows[0][0]) if rows else None
+        except ValueError:
+            return None
+        return signed if isinstance(signed, dict) else None
 
     def stored_update(self, rnd: int, client_id: str) -> bytes | None:
         """An update received before a crash, if its file is intact (else None)."""

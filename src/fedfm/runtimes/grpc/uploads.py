@@ -1,6 +1,9 @@
 """Chunked uploads: each checked against the client's open work and the limits (round, stage,
 declared size, chunk offsets, sizes and count, SHA-256), kept while partial so a client can
-resume, and posted to the round loop once complete. Refusals are logged and stored.
+resume, and posted to the round loop once complete. Refusals are logged and stored. A client
+that joined with a signing key signs every upload (:func:`fedfm.signing.upload_message`);
+one whose signature does not verify is refused, and what a client signed is kept for the
+round's provenance record.
 
 Memory is bounded: the largest upload of each stage is derived from the model and the codec
 chain (``limits``, see :meth:`fedfm.codecs.Pipeline.max_payload_bytes`), the bytes of every
@@ -10,14 +13,17 @@ stream ended waits on disk (``<run_dir>/partial/``), not in memory, until its cl
 
 from __future__ import annotations
 
+import base64
 import logging
 from pathlib import Path
+from typing import Any
 
 from fedfm.config import ServerConfig
 from fedfm.runtimes.grpc import fedfm_pb2 as pb
 from fedfm.runtimes.grpc.board import Board, PartialUpload
 from fedfm.runtimes.grpc.protocol import VERSION, max_chunks, sha256
 from fedfm.runtimes.grpc.store import ServerStore
+from fedfm.signing import public_from_raw, signature_valid, upload_message
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +37,10 @@ class Uploads:
         store: ServerStore,
         settings: ServerConfig,
         limits: dict[str, int] | None = None,
+        run_name: str = "",
     ) -> None:
         self.board = board
+        self.run_name = run_name  # part of what a client signs (a signature is for this run)
         self.store = store
         self.settings = settings
         self.max_payload = int(settings.max_payload_mb * (1 << 20))
@@ -79,6 +87,8 @@ class Uploads:
                 )
             if len(chunk.sha256) != 64 or any(c not in "0123456789abcdef" for c in chunk.sha256):
                 return None, "the upload's sha256 is missing or malformed"
+            if len(chunk.signature) > 64:
+                return None, "the upload's signature is longer than an Ed25519 signature"
             if any(u.streaming for k, u in board.uploads.items() if k[0] == cid):
                 return None, "another upload stream of this client is under way"
             key = (cid, chunk.round, chunk.sha256)
@@ -90,6 +100,7 @@ class Uploads:
                 up = board.uploads[key] = PartialUpload(
                     chunk.round, chunk.stage, chunk.sha256, chunk.total_size
                 )
+            up.signature = chunk.signature
             if up.spilled:  # resume: the bytes so far come back from disk
                 path = self._spill_path(cid, up)
                 try:
@@ -103,9 +114,9 @@ class Uploads:
 
     def append(self, up: PartialUpload, chunk) -> str | None:
         """Add one chunk to the upload; returns why it is refused, or None."""
-        declared = (chunk.round, chunk.stage, chunk.sha256, chunk.total_size)
-        if declared != (up.round, up.stage, up.sha, up.total):
-            return "a chunk disagrees with its upload's round, stage, size or sha256"
+        declared = (chunk.round, chunk.stage, chunk.sha256, chunk.total_size, chunk.signature)
+        if declared != (up.round, up.stage, up.sha, up.total, up.signature):
+            return "a chunk disagrees with its upload's round, stage, size, sha256 or signature"
         if chunk.offset != len(up.data):
             return f"chunk at offset {chunk.offset}, expected {len(up.data)}"
         if len(chunk.data) == 0 or len(chunk.data) > self.settings.chunk_size:
@@ -142,6 +153,14 @@ class Uploads:
             reason = "the payload's sha256 does not match (corrupted in transit)"
             self.reject(cid, up, reason)
             return pb.UploadReply(version=VERSION, accepted=False, reason=reason)
+        signed = self._signature(cid, up)
+        if signed is None:
+            reason = (
+                "the upload's signature is missing or does not verify with the key this client "
+                "joined with"
+            )
+            self.reject(cid, up, reason)
+            return pb.UploadReply(version=VERSION, accepted=False, reason=reason)
         with self.board.lock:
             a = self.board.assignments.get(cid)
             if a is None or a.round != up.round or a.status != "open" or a.stage != up.stage:
@@ -152,9 +171,28 @@ class Uploads:
             a.status = "received"
             self.board.accepted.add((cid, up.round, up.stage))
             self.forget((cid, up.round, up.sha))
+            if signed:
+                self.board.signatures[(cid, up.sha)] = signed
         # Stored only once the round loop has decoded and checked it (GrpcRuntime.keep).
         self.board.results.put((cid, up.round, up.stage, payload))
         return pb.UploadReply(version=VERSION, accepted=True, received=len(payload))
+
+    def _signature(self, cid: str, up: PartialUpload) -> dict[str, Any] | None:
+        """What the client signed, for the provenance log ({} for a client without a key), or
+        None when its signature does not verify."""
+        with self.board.lock:
+            raw = self.board.client_keys.get(cid)
+        if raw is None:
+            return {} if not up.signature else None
+        message = upload_message(self.run_name, cid, up.round, up.stage, up.sha)
+        if not signature_valid(public_from_raw(raw), up.signature, message):
+            return None
+        return {
+            "round": up.round,
+            "stage": up.stage,
+            "public_key": base64.b64encode(raw).decode(),
+            "signature": base64.b64encode(up.signature).decode(),
+        }
 
     def suspend(self, cid: str, up: PartialUpload) -> int:
         """The stream of ``up`` ended before its last byte: move what arrived to disk (memory is
