@@ -20,7 +20,7 @@ seconds, and the cost as a multiple of one training run.
 
 ``unlearn`` makes c? a backdoor client (trigger phrase → the first label, half its rows poisoned,
 ``attack.type = "backdoor"``), then removes it by ``retrain`` and by ``replay`` (FedEraser,
-calibration 0.5); reports clean accuracy, the trigger's attack success rate, the loss-threshold
+calibration 0.5, and 1.0: ``replay_full``); reports clean accuracy, the trigger's attack success rate, the loss-threshold
 membership-inference AUC on the backdoor client's own (poisoned) rows against test rows, and the
 seconds of each.
 
@@ -173,12 +173,22 @@ def _membership(p, state, member: ClientData, n: int = 300) -> float:
     return auc(-m_loss, -n_loss)
 
 
+# Unlearning methods: (method, options); replay_full calibrates with the run's own step count.
+UNLEARNERS = {
+    "retrain": ("retrain", {}),
+    "replay": ("replay", {"calibration": 0.5}),
+    "replay_full": ("replay", {"calibration": 1.0}),
+}
+
+
 def unlearning(seed: int, out: Path) -> dict:
+    """The backdoor run and each unlearner of :data:`UNLEARNERS`; a per-seed file of an
+    earlier invocation is completed (its missing systems only), not redone."""
     target = out / "per-seed" / f"unlearn-s{seed}.json"
-    if target.is_file():
-        return json.loads(target.read_text())
+    figures = json.loads(target.read_text()) if target.is_file() else None
+    if figures is not None and all(k in figures["systems"] for k in UNLEARNERS):
+        return figures
     work = WORK / f"unlearn-s{seed}"
-    shutil.rmtree(work, ignore_errors=True)
     overrides = [
         *COMMON,
         "attack.type=backdoor",
@@ -187,28 +197,40 @@ def unlearning(seed: int, out: Path) -> dict:
         f"seed={seed}",
         f"name=backdoor-s{seed}",
     ]
-    run_dir, summary, seconds, p = train(overrides, work, planted=False)
-    (bad,) = p.malicious
-    member = p.poisoned[bad]
-    systems = {
-        "original": {
-            "accuracy": summary["final_accuracy"],
-            "attack_success_rate": summary["final_attack_success_rate"],
-            "mia_auc": _membership(p, latest_checkpoint(run_dir).state, member),
-            "seconds": seconds,
+    if figures is None:
+        shutil.rmtree(work, ignore_errors=True)
+        run_dir, summary, seconds, p = train(overrides, work, planted=False)
+        (bad,) = p.malicious
+        figures = {
+            "seed": seed,
+            "backdoor_client": bad,
+            "systems": {
+                "original": {
+                    "accuracy": summary["final_accuracy"],
+                    "attack_success_rate": summary["final_attack_success_rate"],
+                    "mia_auc": _membership(p, latest_checkpoint(run_dir).state, p.poisoned[bad]),
+                    "seconds": seconds,
+                }
+            },
         }
-    }
-    for method in ("retrain", "replay"):
-        target_dir = work / f"{method}"
-        s = unlearn(run_dir, bad, target_dir, method)
-        systems[method] = {
+    else:  # the backdoor run is in the work folder: only its data and model are needed
+        run_dir = work / f"backdoor-s{seed}"
+        p = assemble.prepare(load_config(run_dir / "config.toml"))
+        bad = figures["backdoor_client"]
+    systems = figures["systems"]
+    for name, (method, options) in UNLEARNERS.items():
+        if name in systems:
+            continue
+        target_dir = work / name
+        shutil.rmtree(target_dir, ignore_errors=True)
+        s = unlearn(run_dir, bad, target_dir, method, **options)
+        systems[name] = {
             "accuracy": s["final_accuracy"],
             "attack_success_rate": s["final_attack_success_rate"],
-            "mia_auc": _membership(p, latest_checkpoint(target_dir).state, member),
+            "mia_auc": _membership(p, latest_checkpoint(target_dir).state, p.poisoned[bad]),
             "seconds": s["unlearned"]["seconds"],
         }
-        print(f"seed {seed}: {method}: {systems[method]}", flush=True)
-    figures = {"seed": seed, "backdoor_client": bad, "systems": systems}
+        print(f"seed {seed}: {name}: {systems[name]}", flush=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(figures, indent=2))
     return figures
@@ -257,7 +279,7 @@ def main() -> None:
                 key: _spread([r["systems"][system][key] for r in runs])
                 for key in ("accuracy", "attack_success_rate", "mia_auc", "seconds")
             }
-            for system in ("original", "retrain", "replay")
+            for system in ("original", *UNLEARNERS)
         }
         name = "governance-unlearn.json"
     result = {
