@@ -144,8 +144,8 @@ def add_unlearn(sub) -> None:
     p.add_argument(
         "--calibration",
         type=float,
-        default=0.5,
-        help="replay: calibration steps as a share of the run's local steps (default: 0.5)",
+        default=1.0,
+        help="replay: calibration steps as a share of the run's local steps (default: 1)",
     )
 
 

@@ -7,10 +7,12 @@ that would have happened had the client never been selected.
 
 ``replay`` (FedEraser, Liu et al. 2021) rebuilds the model from the kept updates without the
 client: from the state before its first round, each later round asks the remaining clients of
-that round for a few calibration steps (``calibration`` × the run's local steps) from the
-rebuilt state, and keeps the direction of their calibration update at the length of the update
-they sent in the original run (tensor by tensor); the round's aggregate is the example-weighted
-mean. It costs the calibration steps and one evaluation, a fraction of retraining.
+that round for calibration steps (``calibration`` × the run's local steps; default 1: the
+paper's 0.5 lost 1.4–7.4 accuracy points against retraining on the AG News benchmark, 1 none)
+from the rebuilt state, and keeps the direction of their calibration update at the length of
+the update they sent in the original run (tensor by tensor); the round's aggregate is the
+example-weighted mean. It costs the calibration steps and one evaluation: no per-round
+evaluation, no codecs, no checkpoints.
 
 Both write ``--out`` (which must not exist) as a run directory: ``config.toml``, the model in
 ``adapter/`` (or ``model/``), ``summary.json`` and ``unlearning.json`` (what was removed, how,
@@ -168,7 +170,7 @@ def rebuild(
     return state, spent
 
 
-def replay(run_dir: Path, client: str, out: Path, calibration: float = 0.5) -> dict[str, Any]:
+def replay(run_dir: Path, client: str, out: Path, calibration: float = 1.0) -> dict[str, Any]:
     """FedEraser from the kept updates of ``run_dir`` without ``client`` into ``out``."""
     if not 0 < calibration <= 1:
         raise ConfigError(f"--calibration = {calibration!r} is not allowed; allowed: 0 < c ≤ 1")
