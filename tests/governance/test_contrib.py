@@ -25,10 +25,10 @@ from fedfm.governance.kept import KeptRound, iter_rounds
 from fedfm.governance.payout import free_riders, payouts
 
 
-def _round(rnd: int, deltas: dict[str, float], examples: dict[str, int] | None = None):
-    """A one-tensor round: client c moves the scalar state by deltas[c]."""
-    before = OrderedDict(w=torch.zeros(1))
-    states = {c: OrderedDict(w=torch.tensor([d])) for c, d in deltas.items()}
+def _round(rnd: int, deltas: dict[str, float], examples=None, start: float = 0.0):
+    """A one-tensor round from ``start``: client c moves the scalar state by deltas[c]."""
+    before = OrderedDict(w=torch.tensor([start]))
+    states = {c: OrderedDict(w=torch.tensor([start + d])) for c, d in deltas.items()}
     examples = examples or dict.fromkeys(deltas, 1)
     kept = KeptRound(rnd, before, list(deltas), states, examples, {}, before)
     kept.after = kept.aggregate(kept.clients)
@@ -36,8 +36,7 @@ def _round(rnd: int, deltas: dict[str, float], examples: dict[str, int] | None =
 
 
 def _sum_of_votes(state) -> float:
-    """A utility that is additive in the clients when every client has one example and weight:
-    the scalar itself (the mean of the members' deltas) is not additive, so score n·mean."""
+    """The utility: the scalar itself (the start moved by the mean of the members' deltas)."""
     return float(state["w"][0])
 
 
@@ -68,12 +67,14 @@ def test_gtg_shapley_converges_to_the_exact_round_values():
 
 
 def test_tmc_shapley_of_the_replay_finds_the_useless_client():
-    rounds = [_round(t, {"a": 1.0, "b": 1.0, "free": 0.0}) for t in (1, 2)]
-    for earlier, later in zip(rounds, rounds[1:], strict=False):
-        later.before = earlier.after
+    first = _round(1, {"a": 1.0, "b": 1.0, "free": 0.0})
+    second = _round(2, {"a": 0.5, "b": 2.0, "free": 0.0}, start=float(first.after["w"][0]))
+    rounds = [first, second]
     replay = Replay(rounds)
-    whole = replay(["a", "b", "free"])
-    assert float(whole["w"][0]) == pytest.approx(float(rounds[-1].after["w"][0]) + 0.0, abs=1)
+    # Every client replayed is the run itself; without one, each round's mean changes.
+    assert float(replay(["a", "b", "free"])["w"][0]) == pytest.approx(float(second.after["w"][0]))
+    assert float(replay(["a", "b"])["w"][0]) == pytest.approx(1.0 + 1.25)
+    assert float(replay([])["w"][0]) == 0.0
     valuation = tmc_shapley(rounds, Utility(_sum_of_votes), 200, np.random.default_rng(0))
     assert valuation.values["free"] < min(valuation.values["a"], valuation.values["b"])
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from fedfm import assemble
 from fedfm.errors import ConfigError
 from fedfm.governance.contrib import METHODS
-from fedfm.governance.kept import load_round, require_kept
+from fedfm.governance.kept import require_kept
 from fedfm.governance.unlearn import unlearn
 from fedfm.governance.valuation import CONTRIBUTIONS, contributions
 from fedfm.governance.verify import verify_run
@@ -107,9 +107,8 @@ def cmd_contrib(args: argparse.Namespace) -> int:
     _check(0 <= args.floor < 1, "--floor", args.floor, "0 ≤ floor < 1")
     run_dir = Path(args.run_dir)
     config = run_config(run_dir)
-    rounds = require_kept(run_dir)
-    ids = list(dict.fromkeys(c for r in rounds for c in load_round(run_dir, r).clients))
-    p = assemble.prepare_server(config, ids)
+    require_kept(run_dir)  # before loading the model: one line naming the option
+    p = assemble.prepare_server(config, [])  # the server's validation rows and the model only
     result = contributions(run_dir, p, args.method, args.budget, args.rows, args.floor, args.total)
     width = max(len(c) for c in result["values"])
     for c, v in sorted(result["values"].items(), key=lambda kv: -kv[1]):
