@@ -361,7 +361,7 @@ def build_strategy(p: Prepared, num_clients: int, federation=None, local_dp=None
     if mechanism(c).protects or c.secagg.enabled:
         strategy = ProtectedAggregation(strategy, c, num_clients, local_dp)
     server = trainer(c, p.task)  # the server's own training (root set, distillation)
-    context = ServerContext()
+    context = ServerContext(seed=c.seed)
     if strategy.needs_root_update:
         context.root_update = _root_update(p, strategy, server, num_clients)
     strategy.bind(context)

@@ -14,6 +14,7 @@ from fedfm.errors import ConfigError
 from fedfm.state import State, Update
 from fedfm.strategies import STRATEGIES
 from fedfm.strategies.fedavg import FedAvgSpec
+from fedfm.strategies.flame import FlameSpec
 from fedfm.strategies.robust import (
     FLTrustSpec,
     KrumSpec,
@@ -28,7 +29,7 @@ from fedfm.strategies.robust import (
 )
 
 FED = FederationConfig()
-ROBUST = ["median", "trimmed_mean", "krum", "multikrum", "norm_bound", "fltrust"]
+ROBUST = ["median", "trimmed_mean", "krum", "multikrum", "norm_bound", "fltrust", "flame"]
 
 
 def make(name, spec=None, root=None):
@@ -221,6 +222,7 @@ ATTACK_SPECS = {
     "multikrum": MultiKrumSpec(f=2),
     "norm_bound": NormBoundSpec(max_norm=1.2),  # honest deltas (norm ≈ 1) pass unclipped
     "fltrust": FLTrustSpec(),
+    "flame": FlameSpec(),
 }
 
 

@@ -17,9 +17,12 @@ their updates become the next global state. ``[strategy] name`` picks one.
 | `multikrum`  | mean of the m deltas with the best Krum scores              | Blanchard et al. 2017    |
 | `norm_bound` | FedAvg of the deltas clipped to L2 norm ≤ max_norm          | Sun et al. 2019          |
 | `fltrust`    | deltas weighted by ReLU(cos) with the server's root update  | Cao et al. 2021          |
+| `flame`      | HDBSCAN majority by cosine, clip to the median norm, noise  | Nguyen et al. 2022       |
+| `foolsgold`  | deltas weighted down when clients' histories look alike     | Fung et al. 2020         |
 | `fedbuff`    | asynchronous: every K arrivals, staleness-weighted mean delta | Nguyen et al. 2022     |
 
-The robust rules (``median`` … ``fltrust``) are described in :mod:`fedfm.strategies.robust`.
+The robust rules (``median`` … ``fltrust``) are described in :mod:`fedfm.strategies.robust`, the
+backdoor defences in :mod:`fedfm.strategies.flame` and :mod:`fedfm.strategies.foolsgold`.
 """
 
 from fedfm.strategies import (  # noqa: F401  (registration)
@@ -27,6 +30,8 @@ from fedfm.strategies import (  # noqa: F401  (registration)
     fedavg,
     fedbuff,
     fedopt,
+    flame,
+    foolsgold,
     lora_aggregation,
     robust,
 )

@@ -20,6 +20,8 @@ class ServerContext:
 
     #: (round, global state) → the state the server reaches training on its own clean root set.
     root_update: Callable[[int, State], State] | None = None
+    #: The experiment's seed, for a rule that draws randomness (FLAME's noise): seeded per round.
+    seed: int = 0
 
 
 class Strategy:

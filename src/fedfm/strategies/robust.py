@@ -128,7 +128,7 @@ def krum_supported_f(n: int, f: int) -> int:
 # Strategies
 
 
-class _RobustRule(Strategy):
+class RobustRule(Strategy):
     """Shared by the robust rules: flatten the deltas, apply :meth:`combine`, report what it did."""
 
     needs_individual_updates = True
@@ -174,7 +174,7 @@ class MedianSpec:
 
 
 @STRATEGIES.register("median")
-class Median(_RobustRule):
+class Median(RobustRule):
     """Coordinate-wise median of the deltas, unweighted (Yin et al. 2018, arXiv:1803.01498)."""
 
     Spec = MedianSpec
@@ -192,7 +192,7 @@ class TrimmedMeanSpec:
 
 
 @STRATEGIES.register("trimmed_mean")
-class TrimmedMean(_RobustRule):
+class TrimmedMean(RobustRule):
     """Coordinate-wise trimmed mean, unweighted (Yin et al. 2018, arXiv:1803.01498).
 
     Per coordinate, the ⌊beta·n⌋ largest and smallest values are dropped and the rest averaged;
@@ -215,7 +215,7 @@ class KrumSpec:
 
 
 @STRATEGIES.register("krum")
-class Krum(_RobustRule):
+class Krum(RobustRule):
     """Krum (Blanchard et al. 2017, "Machine Learning with Adversaries", NeurIPS), unweighted.
 
     Each delta is scored by the sum of its squared distances to its n − f − 2 nearest others; the
@@ -292,7 +292,7 @@ class NormBoundSpec:
 
 
 @STRATEGIES.register("norm_bound")
-class NormBound(_RobustRule):
+class NormBound(RobustRule):
     """Norm bounding (Sun et al. 2019, "Can You Really Backdoor FL?", arXiv:1911.07963).
 
     Each delta is scaled down to L2 norm ≤ max_norm (over all shared tensors), then the clipped
@@ -318,7 +318,7 @@ class FLTrustSpec:
 
 
 @STRATEGIES.register("fltrust")
-class FLTrust(_RobustRule):
+class FLTrust(RobustRule):
     """FLTrust (Cao et al. 2021, NDSS, arXiv:2012.13995): trust bootstrapped from a root set.
 
     The server trains on its own small clean root set (``root_rows`` rows) from the global state;
