@@ -91,7 +91,9 @@ def test_flame_excludes_the_poisoned_clips_to_the_median_norm_and_averages():
 
 
 def test_an_admitted_boosted_update_is_clipped_to_the_median_norm():
-    rows = torch.stack([torch.tensor([1.0, 0.1]), torch.tensor([1.0, -0.1]), torch.tensor([50.0, 0])])
+    rows = torch.stack(
+        [torch.tensor([1.0, 0.1]), torch.tensor([1.0, -0.1]), torch.tensor([50.0, 0])]
+    )
     w0 = OrderedDict(w=torch.zeros(2))
     s = flame()
     out = flatten_deltas([s.aggregate(1, w0, as_updates(rows, w0))], w0)[0]

@@ -109,7 +109,9 @@ class Flame(RobustRule):
             "flame_noise_std": sigma,
         }
         if not admitted:
-            log.warning("round %d: FLAME found no majority cluster; the global state is kept", round)
+            log.warning(
+                "round %d: FLAME found no majority cluster; the global state is kept", round
+            )
             self.metrics["flame_clipped"] = 0.0
             return torch.zeros(deltas.shape[1]), excluded
         chosen = deltas[admitted]

@@ -112,4 +112,4 @@ class FoolsGold(RobustRule):
         unknown = [k for k in tensors if not k.startswith(HISTORY)]
         if unknown:
             raise ValueError(f"FoolsGold keeps only {HISTORY}* tensors, got {unknown[:3]}")
-        self.histories = {k[len(HISTORY):]: t.to(torch.float32) for k, t in tensors.items()}
+        self.histories = {k[len(HISTORY) :]: t.to(torch.float32) for k, t in tensors.items()}
