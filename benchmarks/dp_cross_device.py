@@ -6,7 +6,7 @@ the repository root, after ``make install``:
 
 The setting: AG News, 60,000 training rows dealt by Dirichlet(1.0) over 500 clients (at least 2
 rows each) (120 rows each on average), 50 clients a round (q = 0.1), each taking one local step of
-batch 8 with SGD (DP-FedSGD), 30 rounds; MiniLM frozen, its classification head trained and shared
+batch 8 with SGD (DP-FedSGD), 20 rounds; MiniLM frozen, its classification head trained and shared
 (1,540 parameters: in DP the noise grows with the shared dimension, so a small head is what the
 cross-device setting can afford). Central client-level DP: each client's delta clipped (adaptive
 clipping, Andrew et al. 2021, target quantile 0.5), the sum noised by the server with σ calibrated
@@ -49,7 +49,7 @@ COMMON = [
     "partition.clients=500",
     "partition.min_size=2",
     "method.type=head",
-    "federation.rounds=30",
+    "federation.rounds=20",
     "federation.clients_per_round=50",
     "federation.local_steps=1",
     "federation.batch_size=8",

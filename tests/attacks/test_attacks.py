@@ -70,11 +70,25 @@ def test_malicious_set_is_fixed_by_the_seed_and_rounded():
     assert malicious_clients(ids, 0.0, 0) == []
 
 
-def test_backdoor_run_reports_the_success_rate(tiny_config, tmp_path):
-    result = fedfm.run(
-        tiny_config("attack.type=backdoor", "attack.fraction=0.5", "federation.rounds=1"),
-        out=tmp_path,
+def test_a_planted_backdoor_is_found_by_the_success_rate_and_a_clean_run_is_not(
+    tiny_config, tmp_path
+):
+    """Every client poisons most of its rows: the trigger must work on most triggered test rows;
+    with no malicious client (the same trigger test) it must not."""
+    common = (
+        "attack.type=backdoor",
+        "attack.poison_fraction=0.8",
+        "federation.rounds=3",
+        "federation.local_steps=10",
+        "federation.clients_per_round=4",
     )
-    assert len(result.summary["malicious_clients"]) == 2
-    assert 0.0 <= result.metrics[0]["attack_success_rate"] <= 1.0
-    assert result.summary["final_attack_success_rate"] == result.metrics[0]["attack_success_rate"]
+    poisoned = fedfm.run(tiny_config(*common, "attack.fraction=1.0"), out=tmp_path / "p")
+    clean = fedfm.run(tiny_config(*common, "attack.fraction=0.0"), out=tmp_path / "c")
+    assert len(poisoned.summary["malicious_clients"]) == 4
+    assert clean.summary["malicious_clients"] == []
+    asr = poisoned.summary["final_attack_success_rate"]
+    assert asr == poisoned.metrics[-1]["attack_success_rate"]
+    assert asr >= 0.8 and clean.summary["final_attack_success_rate"] <= 0.4, (
+        asr,
+        clean.summary["final_attack_success_rate"],
+    )
