@@ -26,13 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from lm_pretraining import hardware  # noqa: E402
+from seeded import cached_run, spread  # noqa: E402
 
 import fedfm  # noqa: E402
 from fedfm.bench.scenarios import AGNEWS_LORA  # noqa: E402
@@ -59,10 +58,7 @@ SYSTEMS = {
 KEYS = ("accuracy", "attack_success_rate")
 
 
-def run_one(system: str, seed: int, out: Path) -> dict:
-    target = out / "per-run" / f"{system}-s{seed}.json"
-    if target.is_file():  # resumable: a finished run is not repeated
-        return json.loads(target.read_text())
+def run_one(system: str, seed: int) -> dict:
     overrides = [*COMMON, *SYSTEMS[system], f"seed={seed}", f"name=backdoor-{system}-s{seed}"]
     t0 = time.perf_counter()
     work = cache_dir() / "bench" / "backdoor-runs"  # run directories: not results
@@ -82,22 +78,12 @@ def run_one(system: str, seed: int, out: Path) -> dict:
         "seconds": time.perf_counter() - t0,
         "rounds": rounds,
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(record, indent=2) + "\n")
     print(
         f"{system} seed {seed}: accuracy {record['accuracy']:.3f}, "
         f"attack success {record['attack_success_rate']}, {record['seconds']:.0f} s",
         flush=True,
     )
     return record
-
-
-def _spread(values: list[float]) -> dict:
-    return {
-        "mean": float(np.mean(values)),
-        "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-        "each": values,
-    }
 
 
 def main() -> None:
@@ -107,20 +93,24 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/backdoor")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    runs = [run_one(system, seed, args.out) for seed in args.seeds for system in args.systems]
+    runs = [
+        cached_run(args.out, system, seed, lambda: run_one(system, seed))  # noqa: B023 (called now)
+        for seed in args.seeds
+        for system in args.systems
+    ]
     summary = {}
     for system in args.systems:
         mine = [r for r in runs if r["system"] == system]
-        summary[system] = {"accuracy": _spread([r["accuracy"] for r in mine])}
+        summary[system] = {"accuracy": spread([r["accuracy"] for r in mine])}
         if not system.startswith("clean-"):
-            summary[system]["attack_success_rate"] = _spread(
+            summary[system]["attack_success_rate"] = spread(
                 [r["attack_success_rate"] for r in mine]
             )
     if "clean-fedavg" in summary:  # the clean-accuracy cost in points, seed by seed
         base = {r["seed"]: r["accuracy"] for r in runs if r["system"] == "clean-fedavg"}
         for system in args.systems:
             mine = [r for r in runs if r["system"] == system]
-            summary[system]["points_below_clean_fedavg"] = _spread(
+            summary[system]["points_below_clean_fedavg"] = spread(
                 [100 * (base[r["seed"]] - r["accuracy"]) for r in mine]
             )
     result = {

@@ -27,13 +27,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from lm_pretraining import hardware  # noqa: E402
+from seeded import cached_run, spread  # noqa: E402
 
 import fedfm  # noqa: E402
 from fedfm.config import load_config  # noqa: E402
@@ -68,10 +67,7 @@ SYSTEMS = {
 }
 
 
-def run_one(system: str, seed: int, out: Path) -> dict:
-    target = out / "per-run" / f"{system}-s{seed}.json"
-    if target.is_file():  # resumable: a finished run is not repeated
-        return json.loads(target.read_text())
+def run_one(system: str, seed: int) -> dict:
     overrides = [*COMMON, *SYSTEMS[system], f"seed={seed}", f"name=dp-{system}-s{seed}"]
     t0 = time.perf_counter()
     work = cache_dir() / "bench" / "dp-cross-device-runs"  # run directories: not results
@@ -89,8 +85,6 @@ def run_one(system: str, seed: int, out: Path) -> dict:
         "seconds": time.perf_counter() - t0,
         "summary": {k: v for k, v in s.items() if isinstance(v, (int, float, str))},
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(record, indent=2) + "\n")
     print(
         f"{system} seed {seed}: accuracy {record['accuracy']:.3f}, ε {record['epsilon']}, "
         f"σ {record['noise_multiplier']}, {record['seconds']:.0f} s",
@@ -106,15 +100,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/dp-cross-device")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    runs = [run_one(system, seed, args.out) for seed in args.seeds for system in args.systems]
+    runs = [
+        cached_run(args.out, system, seed, lambda: run_one(system, seed))  # noqa: B023 (called now)
+        for seed in args.seeds
+        for system in args.systems
+    ]
     summary = {}
     for system in args.systems:
         mine = [r for r in runs if r["system"] == system]
-        accuracy = [r["accuracy"] for r in mine]
         summary[system] = {
-            "accuracy_mean": float(np.mean(accuracy)),
-            "accuracy_std": float(np.std(accuracy, ddof=1)) if len(accuracy) > 1 else 0.0,
-            "accuracy_each": accuracy,
+            "accuracy": spread([r["accuracy"] for r in mine]),
             "epsilon": [r["epsilon"] for r in mine],
             "noise_multiplier": [r["noise_multiplier"] for r in mine],
         }
@@ -126,7 +121,7 @@ def main() -> None:
         "hardware": hardware(),
     }
     (args.out / "dp-cross-device.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: (v["accuracy_mean"], v["accuracy_std"]) for k, v in summary.items()}))
+    print(json.dumps({k: v["accuracy"] for k, v in summary.items()}))
 
 
 if __name__ == "__main__":
