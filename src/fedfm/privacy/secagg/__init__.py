@@ -79,6 +79,7 @@ from fedfm.privacy.secagg.crypto import (
     pairwise_mask_sum,
     pairwise_seed,
 )
+from fedfm.privacy.secagg.driver import STAGES, Exchange, SecAggResult, drive
 from fedfm.privacy.secagg.fixed_point import (
     decode_fixed_point,
     encode_fixed_point,
@@ -87,11 +88,13 @@ from fedfm.privacy.secagg.fixed_point import (
 )
 from fedfm.privacy.secagg.messages import (
     ABORT,
+    CONSISTENCY,
     FORWARDED,
     KEYS,
     MASKED,
     ROSTER,
     SHARES,
+    SURVIVORS,
     UNMASK,
     UNMASK_REQUEST,
     decode_message,
@@ -99,17 +102,13 @@ from fedfm.privacy.secagg.messages import (
     max_message_bytes,
 )
 from fedfm.privacy.secagg.server import SecAggServer, resolve_threshold
-from fedfm.privacy.secagg.simulation import (
-    SERVER,
-    SecAggResult,
-    WireMessage,
-    run_parties,
-    secure_sum,
-)
+from fedfm.privacy.secagg.simulation import SERVER, Tamper, WireMessage, run_parties, secure_sum
 
 __all__ = [
     "ABORT",
     "CIPHERTEXT_BYTES",
+    "CONSISTENCY",
+    "Exchange",
     "FORWARDED",
     "KEYS",
     "KEY_BYTES",
@@ -120,6 +119,9 @@ __all__ = [
     "SERVER",
     "SHARES",
     "SHARE_KEY_LABEL",
+    "STAGES",
+    "SURVIVORS",
+    "Tamper",
     "UNMASK",
     "UNMASK_REQUEST",
     "SecAggClient",
@@ -127,6 +129,7 @@ __all__ = [
     "SecAggServer",
     "WireMessage",
     "decode_fixed_point",
+    "drive",
     "decode_message",
     "encode_fixed_point",
     "encode_message",
