@@ -96,6 +96,8 @@ class Codec:
     last_only: ClassVar[bool] = False
     # Whether Pipeline.encode calls commit() with what the receiver will reconstruct.
     commits: bool = False
+    # A quantiser's integer width (sign included): secure aggregation sizes its ring from it.
+    value_bits: ClassVar[int | None] = None
 
     def __init__(self, argument: str | None, field: str) -> None:
         self.argument = argument
@@ -232,6 +234,12 @@ class Pipeline:
             if count is not None:
                 return count
         return None
+
+    @property
+    def value_bits(self) -> int | None:
+        """The narrowest integer width a codec of the chain quantises to, None if none does."""
+        widths = [c.value_bits for c in self.codecs if c.value_bits is not None]
+        return min(widths) if widths else None
 
     @property
     def stateful(self) -> bool:

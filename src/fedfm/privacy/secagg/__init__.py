@@ -101,6 +101,7 @@ from fedfm.privacy.secagg.messages import (
     encode_message,
     max_message_bytes,
 )
+from fedfm.privacy.secagg.ring import RING_BITS, grid_fraction_bits, ring_bits, secagg_ring
 from fedfm.privacy.secagg.server import SecAggServer, resolve_threshold
 from fedfm.privacy.secagg.simulation import SERVER, Tamper, WireMessage, run_parties, secure_sum
 
@@ -115,6 +116,7 @@ __all__ = [
     "MASKED",
     "MASK_SEED_LABEL",
     "NONCE_BYTES",
+    "RING_BITS",
     "ROSTER",
     "SERVER",
     "SHARES",
@@ -135,11 +137,14 @@ __all__ = [
     "encode_message",
     "max_message_bytes",
     "expand_mask",
+    "grid_fraction_bits",
     "max_abs_value",
     "pairwise_mask_sum",
     "pairwise_seed",
     "ring_dtype",
     "resolve_threshold",
+    "ring_bits",
     "run_parties",
+    "secagg_ring",
     "secure_sum",
 ]

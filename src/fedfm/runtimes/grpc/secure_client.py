@@ -11,7 +11,13 @@ import logging
 import time
 
 from fedfm.errors import NetworkError, ProtocolError
-from fedfm.privacy.secagg import ABORT, SecAggClient, decode_message, encode_message
+from fedfm.privacy.secagg import (
+    ABORT,
+    SecAggClient,
+    decode_message,
+    encode_message,
+    secagg_ring,
+)
 
 log = logging.getLogger("fedfm.runtimes.grpc.client")
 
@@ -64,13 +70,13 @@ class SecureStages:
         rnd, stage = reply.round, reply.stage
         try:
             if stage == "keys":
-                s = self.config.secagg
+                modulus_bits, fraction_bits = secagg_ring(self.config)
                 dimension = sum(t.numel() for t in app.template.values()) + 2  # + w·loss, w
                 self._secagg = SecAggClient(
                     self.client_id,
                     dimension,
-                    fraction_bits=s.fraction_bits,
-                    modulus_bits=s.modulus_bits,
+                    fraction_bits=fraction_bits,
+                    modulus_bits=modulus_bits,
                     session=reply.secagg_session,
                     min_threshold=self.policy.min_threshold,
                     signing_key=self.signing_key,

@@ -29,7 +29,7 @@ from fedfm.config import (
 )
 from fedfm.metrics.sinks import ConsoleSink, Sink
 from fedfm.privacy.mechanisms import mechanism
-from fedfm.privacy.secagg import STAGES, max_message_bytes
+from fedfm.privacy.secagg import STAGES, max_message_bytes, secagg_ring
 from fedfm.rundir import (
     RunResult,
     drive,
@@ -153,7 +153,7 @@ def upload_limits(config, up, template, clients: int) -> dict[str, int]:
     if config.secagg.enabled:
         dimension = sum(t.numel() for t in template.values()) + 2  # + w·loss, w
         for stage in STAGES:
-            limits[stage] = max_message_bytes(stage, dimension, clients, config.secagg.modulus_bits)
+            limits[stage] = max_message_bytes(stage, dimension, clients, secagg_ring(config)[0])
     return limits
 
 

@@ -1,0 +1,62 @@
+"""The ring's size from the uplink's quantised width: secure aggregation keeps a codec's savings.
+
+A masked input has one k-bit ring element per coordinate, whatever the codec chain sent before,
+so with k = 32 an ``int8`` uplink loses its 4× saving under secure aggregation. Sums of n
+integers of b bits (sign included) need b + ⌈log2 n⌉ bits; with one bit of headroom (the
+training-loss and weight coordinates, discrete DP noise), ``int8`` with ≤ 128 clients fits a
+16-bit ring: half the bytes of the 32-bit one.
+
+The clients must then quantise on one shared grid, not each on its own scale (``int8`` picks
+one per tensor, per client: those integers do not add up). The grid is fixed point, step
+2^−f, with f the largest that maps the agreed per-coordinate range R (``secagg.value_range``,
+default ``privacy.clip_norm``: a clipped update has no coordinate beyond it) into the codec's
+integers: R · 2^f ≤ 2^(b−1) − 1. Every client and the server derive (k, f) from the experiment
+config alone (:func:`secagg_ring`), so they agree without a message. A value beyond the range
+still fits while the sum stays under 2^(k−1); past that, the client refuses (and drops out)
+rather than wrap. The ring sum of grid values is exact: masking adds no error.
+"""
+
+from __future__ import annotations
+
+import math
+
+from fedfm.codecs import Pipeline
+from fedfm.privacy.mechanisms import mechanism
+
+RING_BITS = (16, 32, 64)  # the rings a masked input may use (numpy's unsigned dtypes)
+
+
+def ring_bits(value_bits: int, clients: int, headroom_bits: int = 1) -> int:
+    """The smallest ring in :data:`RING_BITS` that sums ``clients`` signed ``value_bits``-bit
+    integers with ``headroom_bits`` to spare: b + ⌈log2 n⌉ + headroom bits, rounded up."""
+    need = value_bits + math.ceil(math.log2(max(clients, 1))) + headroom_bits
+    for bits in RING_BITS:
+        if need <= bits:
+            return bits
+    raise ValueError(f"{need} bits needed; allowed rings: {RING_BITS}")
+
+
+def grid_fraction_bits(value_range: float, value_bits: int) -> int:
+    """The largest f with ``value_range`` · 2^f ≤ 2^(b−1) − 1: the shared grid's step 2^−f."""
+    if not value_range > 0:
+        raise ValueError(f"value_range = {value_range} is not allowed; allowed: > 0")
+    return math.floor(math.log2((2 ** (value_bits - 1) - 1) / value_range))
+
+
+def secagg_ring(config) -> tuple[int, int]:
+    """(modulus_bits, fraction_bits) of an experiment's secure rounds, the same on every party.
+
+    ``secagg.modulus_bits`` > 0 is taken as configured (with ``secagg.fraction_bits``). 0 follows
+    the uplink chain: a quantising codec of b bits (``int8``: 8) with uniform client weights
+    (``privacy.dp = "distributed"``) gives :func:`ring_bits` and the shared grid
+    of :func:`grid_fraction_bits`; otherwise 32 bits.
+    """
+    secagg = config.secagg
+    if secagg.modulus_bits:
+        return secagg.modulus_bits, secagg.fraction_bits
+    value_bits = Pipeline(config.codec.up, "codec.up").value_bits
+    if value_bits is None or not mechanism(config).uniform_weights:
+        return 32, secagg.fraction_bits
+    value_range = secagg.value_range or config.privacy.clip_norm
+    clients = config.federation.clients_per_round
+    return ring_bits(value_bits, clients), grid_fraction_bits(value_range, value_bits)
