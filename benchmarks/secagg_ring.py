@@ -27,8 +27,9 @@ from fedfm.config import load_config
 from fedfm.privacy.secagg import WireMessage, secagg_ring, secure_sum
 
 
-def measure(codec: list[str], dimension: int, clients: int, clip: float) -> dict:
+def measure(codec: list[str], dimension: int, clients: int, clip: float, value_range: float):
     overrides = [
+        f"secagg.value_range={value_range}",
         "secagg.enabled=true",
         "privacy.dp='distributed'",
         "privacy.noise_multiplier=1.0",
@@ -37,11 +38,11 @@ def measure(codec: list[str], dimension: int, clients: int, clip: float) -> dict
         f"codec.up={codec!r}",
     ]
     config = load_config(None, overrides)
-    modulus_bits, fraction_bits = secagg_ring(config)
+    modulus_bits, fraction_bits = secagg_ring(config, dimension)
     rng = np.random.default_rng(0)
-    # updates within the clip range, as the grid expects; plus the w·loss and w coordinates
+    # updates within the grid's range; plus the w·loss and w coordinates
     vectors = {
-        f"c{i:03d}": np.append(rng.uniform(-clip, clip, dimension) / 4, [0.7, 1.0])
+        f"c{i:03d}": np.append(rng.uniform(-value_range, value_range, dimension), [0.7, 1.0])
         for i in range(clients)
     }
     step = 2.0**-fraction_bits
@@ -75,13 +76,18 @@ def main() -> int:
     parser.add_argument("--dimension", type=int, default=65536)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--clip", type=float, default=1.0)
+    parser.add_argument("--value-range", type=float, default=0.125, help="secagg.value_range")
     parser.add_argument("--out", default="benchmarks/results/secagg-ring/ring.json")
     args = parser.parse_args()
-    runs = [measure(c, args.dimension, args.clients, args.clip) for c in ([], ["int8"])]
+    runs = [
+        measure(c, args.dimension, args.clients, args.clip, args.value_range)
+        for c in ([], ["int8"])
+    ]
     report = {
         "dimension": args.dimension,
         "clients": args.clients,
         "clip_norm": args.clip,
+        "value_range": args.value_range,
         "runs": runs,
         "masked_bytes_ratio": runs[1]["masked_bytes_per_client"]
         / runs[0]["masked_bytes_per_client"],

@@ -39,7 +39,7 @@ def test_the_shared_grid_maps_the_range_into_the_codec_integers():
     [
         (["codec.up=['int8']", "privacy.dp='distributed'"], (16, 6)),
         (["codec.up=['int8']", "privacy.dp='distributed'", "secagg.value_range=0.25"], (16, 8)),
-        (["codec.up=['int4']", "privacy.dp='distributed'"], (16, 2)),
+        (["codec.up=['int4']", "privacy.dp='distributed'", "secagg.value_range=0.01"], (16, 9)),
         (["codec.up=['int8']"], (32, 16)),  # example-count weights are not on the grid
         (["privacy.dp='distributed'"], (32, 16)),  # no quantiser: fixed point as configured
         (["codec.up=['int8']", "privacy.dp='distributed'", "secagg.modulus_bits=64"], (64, 16)),
@@ -47,7 +47,17 @@ def test_the_shared_grid_maps_the_range_into_the_codec_integers():
 )
 def test_every_party_derives_the_ring_from_the_config(overrides, ring):
     config = load_config(None, ["secagg.enabled=true", "privacy.noise_multiplier=1.0", *overrides])
-    assert secagg_ring(config) == ring
+    assert secagg_ring(config, 1000) == ring
+
+
+def test_a_grid_too_coarse_for_the_model_keeps_the_32_bit_ring():
+    """Rounding 10^6 values to a step of 2^-6 could grow the clipped norm by 7.8 > clip_norm:
+    the ring stays 32 bits; a range of clip_norm / 10 makes the grid fine enough."""
+    base = ["secagg.enabled=true", "privacy.dp='distributed'", "privacy.noise_multiplier=1.0"]
+    config = load_config(None, [*base, "codec.up=['int8']"])
+    assert secagg_ring(config, 4096) == (16, 6) and secagg_ring(config, 10**6) == (32, 16)
+    config = load_config(None, [*base, "codec.up=['int8']", "secagg.value_range=0.1"])
+    assert secagg_ring(config, 10**6) == (16, 10)
 
 
 def test_int8_updates_sum_exactly_in_a_16_bit_ring():

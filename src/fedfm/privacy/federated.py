@@ -72,7 +72,7 @@ class ProtectedAggregation(WrappedStrategy):
         super().__init__(inner)
         self.privacy = config.privacy
         self.secagg = config.secagg
-        self.ring = secagg_ring(config) if config.secagg.enabled else (32, 16)  # (k, f)
+        self.config = config
         self.masks_updates = config.secagg.enabled  # the server sees only the masked sum
         self.seed = config.seed
         self.clients_per_round = config.federation.clients_per_round
@@ -212,11 +212,12 @@ class ProtectedAggregation(WrappedStrategy):
 
     def secagg_server(self, rnd: int, clients: int, dimension: int, nonce: str):
         """The server's side of one round's protocol among ``clients`` key holders."""
+        ring = secagg_ring(self.config, dimension - 2)  # (k, f); the vector ends in w·loss, w
         return SecAggServer(
             dimension,
             resolve_threshold(self.secagg.threshold, clients),
-            fraction_bits=self.ring[1],
-            modulus_bits=self.ring[0],
+            fraction_bits=ring[1],
+            modulus_bits=ring[0],
             session=self.session(rnd, nonce),
         )
 
@@ -262,7 +263,7 @@ def client_transform(
     per_round = config.federation.clients_per_round
     sample_rate = client_sample_rate(per_round, num_clients)
     sigma = resolve_noise_multiplier(privacy, sample_rate, config.federation.rounds)
-    resolution = 2.0 ** -secagg_ring(config)[1] if config.secagg.enabled else 0.0
+    resolution = 2.0 ** -secagg_ring(config, num_params)[1] if config.secagg.enabled else 0.0
     clip_norm = privacy.clip_norm - (
         quantization_norm_slack(num_params, resolution) if resolution else 0.0
     )

@@ -11,9 +11,16 @@ one per tensor, per client: those integers do not add up). The grid is fixed poi
 2^−f, with f the largest that maps the agreed per-coordinate range R (``secagg.value_range``,
 default ``privacy.clip_norm``: a clipped update has no coordinate beyond it) into the codec's
 integers: R · 2^f ≤ 2^(b−1) − 1. Every client and the server derive (k, f) from the experiment
-config alone (:func:`secagg_ring`), so they agree without a message. A value beyond the range
-still fits while the sum stays under 2^(k−1); past that, the client refuses (and drops out)
+config and the model's size alone (:func:`secagg_ring`), so they agree without a message. A
+value beyond the range still fits while the sum stays under 2^(k−1) (for n = 10 clients, 25×
+the range with int8: room for the DP noise); past that, the client refuses (and drops out)
 rather than wrap. The ring sum of grid values is exact: masking adds no error.
+
+The grid must also be fine enough for the model: distributed DP reserves room in the clip norm
+for rounding d values (≤ 2^−f/2 · √d), so the quantised ring is only chosen while that is at
+most half of ``privacy.clip_norm``; else the ring is 32 bits. With R = clip_norm that holds up
+to d = 4096 (int8); a LoRA adapter of 10^6 values needs R ≈ clip_norm / 10
+(``secagg.value_range``): a clipped update's coordinates are far below its norm.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import math
 
 from fedfm.codecs import Pipeline
+from fedfm.privacy.dp import quantization_norm_slack
 from fedfm.privacy.mechanisms import mechanism
 
 RING_BITS = (16, 32, 64)  # the rings a masked input may use (numpy's unsigned dtypes)
@@ -43,13 +51,15 @@ def grid_fraction_bits(value_range: float, value_bits: int) -> int:
     return math.floor(math.log2((2 ** (value_bits - 1) - 1) / value_range))
 
 
-def secagg_ring(config) -> tuple[int, int]:
-    """(modulus_bits, fraction_bits) of an experiment's secure rounds, the same on every party.
+def secagg_ring(config, num_params: int) -> tuple[int, int]:
+    """(modulus_bits, fraction_bits) of an experiment's secure rounds over a model of
+    ``num_params`` shared values, the same on every party.
 
     ``secagg.modulus_bits`` > 0 is taken as configured (with ``secagg.fraction_bits``). 0 follows
     the uplink chain: a quantising codec of b bits (``int8``: 8) with uniform client weights
-    (``privacy.dp = "distributed"``) gives :func:`ring_bits` and the shared grid
-    of :func:`grid_fraction_bits`; otherwise 32 bits.
+    (``privacy.dp = "distributed"``) and a grid fine enough for the model (see the module
+    docstring) gives :func:`ring_bits` and the shared grid of :func:`grid_fraction_bits`;
+    otherwise 32 bits and ``secagg.fraction_bits``.
     """
     secagg = config.secagg
     if secagg.modulus_bits:
@@ -58,5 +68,8 @@ def secagg_ring(config) -> tuple[int, int]:
     if value_bits is None or not mechanism(config).uniform_weights:
         return 32, secagg.fraction_bits
     value_range = secagg.value_range or config.privacy.clip_norm
-    clients = config.federation.clients_per_round
-    return ring_bits(value_bits, clients), grid_fraction_bits(value_range, value_bits)
+    fraction_bits = grid_fraction_bits(value_range, value_bits)
+    slack = quantization_norm_slack(num_params, 2.0**-fraction_bits)
+    if slack > config.privacy.clip_norm / 2:  # too coarse for this many values
+        return 32, secagg.fraction_bits
+    return ring_bits(value_bits, config.federation.clients_per_round), fraction_bits

@@ -70,8 +70,9 @@ class SecureStages:
         rnd, stage = reply.round, reply.stage
         try:
             if stage == "keys":
-                modulus_bits, fraction_bits = secagg_ring(self.config)
-                dimension = sum(t.numel() for t in app.template.values()) + 2  # + w·loss, w
+                num_params = sum(t.numel() for t in app.template.values())
+                modulus_bits, fraction_bits = secagg_ring(self.config, num_params)
+                dimension = num_params + 2  # + w·loss, w
                 self._secagg = SecAggClient(
                     self.client_id,
                     dimension,

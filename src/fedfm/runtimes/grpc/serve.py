@@ -152,8 +152,9 @@ def upload_limits(config, up, template, clients: int) -> dict[str, int]:
     limits = {"": up.max_payload_bytes(template), "evaluate": evaluation.MAX_RESULT_BYTES}
     if config.secagg.enabled:
         dimension = sum(t.numel() for t in template.values()) + 2  # + w·loss, w
+        modulus_bits = secagg_ring(config, dimension - 2)[0]
         for stage in STAGES:
-            limits[stage] = max_message_bytes(stage, dimension, clients, secagg_ring(config)[0])
+            limits[stage] = max_message_bytes(stage, dimension, clients, modulus_bits)
     return limits
 
 
