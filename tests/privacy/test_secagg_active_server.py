@@ -220,3 +220,26 @@ def test_a_consistency_signature_over_another_list_is_dropped_by_an_honest_serve
         server.receive_consistency(other)
     statement = keys_statement("s", "c0", bytes(32), bytes(32))
     assert statement.startswith(b"\x00\x00\x00")  # length-prefixed, unambiguous
+
+
+def test_the_trusted_keys_file_is_read_and_checked(tmp_path):
+    from fedfm.errors import ConfigError
+    from fedfm.signing import load_trusted_keys
+
+    keys = {c: raw_public(Ed25519PrivateKey.generate()) for c in ("c0", "c1")}
+    good = tmp_path / "roster.txt"
+    good.write_text(
+        "# the federation\n" + "".join(f"{c} {k.hex()}  # {c}\n" for c, k in keys.items())
+    )
+    assert load_trusted_keys(good) == keys
+    for text, message in (
+        ("c0 abcd\n", "line 1: 2 bytes, not the 32"),
+        ("c0\n", "line 1: 1 fields, expected 2"),
+        (f"c0 {keys['c0'].hex()}\nc0 {keys['c1'].hex()}\n", "line 2: 'c0' twice"),
+    ):
+        bad = tmp_path / "bad.txt"
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_trusted_keys(bad)
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_trusted_keys(tmp_path / "missing.txt")

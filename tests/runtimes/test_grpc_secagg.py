@@ -71,9 +71,9 @@ class SecureRound:
         return self.outcome
 
 
-def _party(server: Server, cid: str, vector: np.ndarray):
+def _party(server: Server, cid: str, vector: np.ndarray, **kw):
     """A real NetworkClient serving until the run is over, in a thread."""
-    client = server.client(cid)
+    client = server.client(cid, **kw)
     client.join()
     client.config = load_config(None, ["secagg.enabled=true"])
     app = VectorApp(vector)
@@ -205,3 +205,23 @@ def test_over_tls_a_substituted_key_makes_the_clients_leave_before_sharing(serve
     assert secure.protocol.signing_keys == {
         cid: raw_public(p[0].signing_key) for cid, p in parties.items()
     }
+
+
+def test_over_tls_a_client_pinning_a_roster_leaves_a_round_with_a_stranger(server, tmp_path):
+    """c0 trusts only c0 and c2 (fedfm join --trusted-keys): it leaves; the others sum."""
+    vectors = _vectors(3)
+    keys = {c: raw_public(server.client(c).signing_key).hex() for c in ("c0", "c2")}
+    roster = tmp_path / "trusted.txt"
+    roster.write_text("".join(f"{c} {k}\n" for c, k in keys.items()))
+    three = ["c0", "c1", "c2"]
+    secure = SecureRound(server, three, three, threshold=2)
+    parties = {
+        cid: _party(server, cid, v, **({"trusted_keys": roster} if cid == "c0" else {}))
+        for cid, v in vectors.items()
+    }
+    outcome = secure.wait()
+    _finish(server, [p[2] for p in parties.values()])
+    assert outcome.survivors == ["c1", "c2"]
+    [(cid, error)] = outcome.failures
+    assert cid == "c0" and "client 'c1' is not in the trusted keys" in str(error)
+    assert np.abs(outcome.sum - vectors["c1"] - vectors["c2"]).max() <= 2 * 2.0**-17
