@@ -16,11 +16,13 @@ value beyond the range still fits while the sum stays under 2^(k−1) (for n = 1
 the range with int8: room for the DP noise); past that, the client refuses (and drops out)
 rather than wrap. The ring sum of grid values is exact: masking adds no error.
 
-The grid must also be fine enough for the model: distributed DP reserves room in the clip norm
+The grid must also suit the model and the noise: distributed DP reserves room in the clip norm
 for rounding d values (≤ 2^−f/2 · √d), so the quantised ring is only chosen while that is at
-most half of ``privacy.clip_norm``; else the ring is 32 bits. With R = clip_norm that holds up
-to d = 4096 (int8); a LoRA adapter of 10^6 values needs R ≈ clip_norm / 10
-(``secagg.value_range``): a clipped update's coordinates are far below its norm.
+most half of ``privacy.clip_norm``, and wide enough for each client's value: a clipped
+coordinate plus 6 standard deviations of its noise share (σC/√n, so σ must be configured, not
+calibrated from ``target_epsilon``); else the ring is 32 bits. The range R trades the two:
+with R = clip_norm the grid is fine enough up to d = 4096 (int8); a larger model needs a smaller R (``secagg.value_range``: a clipped
+update's coordinates are far below its norm), but not so small that the noise overflows.
 """
 
 from __future__ import annotations
@@ -67,9 +69,19 @@ def secagg_ring(config, num_params: int) -> tuple[int, int]:
     value_bits = Pipeline(config.codec.up, "codec.up").value_bits
     if value_bits is None or not mechanism(config).uniform_weights:
         return 32, secagg.fraction_bits
-    value_range = secagg.value_range or config.privacy.clip_norm
+    privacy, clients = config.privacy, config.federation.clients_per_round
+    value_range = secagg.value_range or privacy.clip_norm
     fraction_bits = grid_fraction_bits(value_range, value_bits)
+    modulus_bits = ring_bits(value_bits, clients)
     slack = quantization_norm_slack(num_params, 2.0**-fraction_bits)
-    if slack > config.privacy.clip_norm / 2:  # too coarse for this many values
+    # each client's value must fit: a clipped coordinate (≤ C) plus 6 sd of its noise share
+    # (σC/√n); σ calibrated later (target_epsilon) is unknown here: keep 32 bits
+    noise = 6 * privacy.noise_multiplier * privacy.clip_norm / math.sqrt(clients)
+    room = ((1 << (modulus_bits - 1)) - 1) // clients * 2.0**-fraction_bits
+    if (
+        slack > privacy.clip_norm / 2  # too coarse for this many values
+        or not privacy.noise_multiplier
+        or room < privacy.clip_norm + noise  # too narrow for the noise
+    ):
         return 32, secagg.fraction_bits
-    return ring_bits(value_bits, config.federation.clients_per_round), fraction_bits
+    return modulus_bits, fraction_bits
