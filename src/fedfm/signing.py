@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -33,6 +34,9 @@ __all__ = [
     "public_pem",
     "raw_public",
     "server_key",
+    "TrustedKeys",
+    "load_trusted_keys",
+    "raw_signature_valid",
     "signature_valid",
     "upload_message",
 ]
@@ -169,3 +173,69 @@ def signature_valid(key: Ed25519PublicKey, signature: bytes, message: bytes) -> 
     except InvalidSignature:
         return False
     return True
+
+
+def raw_signature_valid(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    """Whether ``signature`` is the Ed25519 signature of ``message`` under the raw 32-byte
+    ``public_key``; a malformed key or signature is simply not valid."""
+    try:
+        return signature_valid(public_from_raw(public_key), signature, message)
+    except ValueError:
+        return False
+
+
+def load_trusted_keys(path: str | Path) -> dict[str, bytes]:
+    """The roster a client pins (``fedfm join --trusted-keys FILE``): one ``<client id> <hex of
+    the 32-byte Ed25519 public key>`` a line, ``#`` comments; :class:`ConfigError` in one line."""
+    file = Path(path)
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--trusted-keys {str(file)!r} cannot be read: {e}") from None
+    keys: dict[str, bytes] = {}
+    for number, line in enumerate(lines, start=1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        try:
+            if len(fields) != 2:
+                raise ValueError(f"{len(fields)} fields, expected 2")
+            key = bytes.fromhex(fields[1])
+            public_from_raw(key)
+        except ValueError as e:
+            raise ConfigError(
+                f"--trusted-keys {str(file)!r} line {number}: {e}; expected '<client id> "
+                "<64 hex digits of an Ed25519 public key>'"
+            ) from None
+        if fields[0] in keys:
+            raise ConfigError(f"--trusted-keys {str(file)!r} line {number}: {fields[0]!r} twice")
+        keys[fields[0]] = key
+    return keys
+
+
+class TrustedKeys:
+    """Which Ed25519 key each client id may sign with, for a client checking a roster the
+    server sent (secure aggregation): a pinned list (``--trusted-keys``), else trust on first
+    use: the first key seen for an id is the only one accepted for it afterwards (in this
+    process). TOFU cannot catch a server that lies from the first round on (it can invent
+    clients, Sybils, with keys of its own); a pinned list can."""
+
+    def __init__(self, pinned: Mapping[str, bytes] | None = None) -> None:
+        self.pinned = dict(pinned) if pinned is not None else None
+        self.seen: dict[str, bytes] = {}
+
+    def refusal(self, client_id: str, key: bytes) -> str | None:
+        """Why ``key`` is not acceptable as ``client_id``'s, or None."""
+        if self.pinned is not None:
+            if client_id not in self.pinned:
+                return f"client {client_id[:80]!r} is not in the trusted keys"
+            if self.pinned[client_id] != key:
+                return f"client {client_id[:80]!r} signs with a key other than its trusted one"
+        elif client_id in self.seen and self.seen[client_id] != key:
+            return f"client {client_id[:80]!r} signs with a key other than the one first seen"
+        return None
+
+    def remember(self, keys: Mapping[str, bytes]) -> None:
+        """Trust on first use: keep the keys of a roster that passed every check."""
+        for client_id, key in keys.items():
+            self.seen.setdefault(client_id, key)

@@ -54,6 +54,9 @@ class FitInstructions:
     proximal_mu: float = 0.0  # FedProx: weight of (mu/2)·||w − w_global||²
     # Federated evaluation: score the received state on the client's held-out rows, no training.
     evaluate: bool = False
+    # How many of this client's uplink payloads the server has decoded (-1: not told), so a
+    # stateful uplink codec (residual) re-bases after a lost or refused upload.
+    uplink_decoded: int = -1
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Fuzz secure aggregation: every message a party decodes and the step that consumes it.
 
 The server's path is ``decode_message`` then ``receive_*`` (and, after the unmask round,
-``result``); a client's is ``decode_message`` then ``share_keys``, ``masked_input`` or
-``unmask``. Each case runs a real 3-party protocol to the stage under test, then hands the
+``result``); a client's is ``decode_message`` then ``share_keys``, ``masked_input``,
+``consistency`` or ``unmask``. Each case runs a real 3-party protocol to the stage under test, then hands the
 receiving party one hostile message in place of an honest one.
 """
 
@@ -51,6 +51,15 @@ def run_to(stage: str):
         return server, clients, masked["a"]
     for message in masked.values():
         server.receive_masked(message)
+    announced = server.announce_survivors()
+    if stage == "survivors":
+        return server, clients, announced
+    consents = {c: p.consistency(announced) for c, p in clients.items()}
+    if stage == "consistency":
+        server.receive_consistency(consents["b"])
+        return server, clients, consents["a"]  # 1 of 3 signed, the threshold is 2
+    for message in consents.values():
+        server.receive_consistency(message)
     request = server.unmask_request()
     if stage == "request":
         return server, clients, request
@@ -73,6 +82,11 @@ def consume(stage: str, server, clients, payload: bytes) -> None:
         clients["a"].masked_input(message, np.ones(DIMENSION))
     elif stage == "masked":
         server.receive_masked(message)
+        server.announce_survivors()
+    elif stage == "survivors":
+        clients["a"].consistency(message)
+    elif stage == "consistency":
+        server.receive_consistency(message)
         server.unmask_request()
     elif stage == "request":
         clients["a"].unmask(message)
@@ -81,7 +95,17 @@ def consume(stage: str, server, clients, payload: bytes) -> None:
         server.result()
 
 
-STAGES = ["keys", "roster", "shares", "forwarded", "masked", "request", "unmask"]
+STAGES = [
+    "keys",
+    "roster",
+    "shares",
+    "forwarded",
+    "masked",
+    "survivors",
+    "consistency",
+    "request",
+    "unmask",
+]
 
 
 @pytest.mark.parametrize("stage", STAGES)

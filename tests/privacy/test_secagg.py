@@ -136,15 +136,17 @@ def test_fixed_point_overflow_raises_before_masking():
     assert limit == pytest.approx((2**31 - 1) / 2**16 / 5, abs=2**-16)
     encode_fixed_point(np.array([limit, -limit]), 16, 32, clients=5)  # the edge still fits
     with pytest.raises(
-        ProtocolError, match=r"exceeds the representable ±6553.6.*modulus_bits = 64"
+        ProtocolError, match=r"exceeds the representable ±6553.6.*wider modulus_bits"
     ):
         encode_fixed_point(np.array([0.0, limit + 0.01]), 16, 32, clients=5)
     with pytest.raises(ProtocolError, match="NaN"):
         encode_fixed_point(np.array([np.nan]), 16, 32)
     big = {"a": np.full(10, 12000.0, np.float32), "b": np.zeros(10, np.float32)}
     big["c"] = big["b"]
-    with pytest.raises(ProtocolError, match="exceeds the representable"):
-        secure_sum(big, threshold=2)  # alone it fits; 3 × 12000 > 2^15 could wrap: refused
+    result = secure_sum(big, threshold=2)  # alone it fits; 3 × 12000 > 2^15 could wrap
+    assert result.survivors == ["b", "c"]  # the client refused to mask it and left the round
+    [(cid, error)] = result.failures
+    assert cid == "a" and "exceeds the representable" in str(error)
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,9 +190,13 @@ def test_secure_sum_fails_loudly_below_the_threshold():
     ):
         secure_sum(data, 3, drop_after_sharing=set(IDS[:4]))
     with pytest.raises(
-        ProtocolError, match="only 2 of 6 clients answered the unmasking round, the threshold is 3"
+        ProtocolError, match="only 2 of 6 clients signed the survivor list, the threshold is 3"
     ):
         secure_sum(data, 3, drop_after_masking=set(IDS[:4]))
+    with pytest.raises(
+        ProtocolError, match="only 2 of 6 clients answered the unmasking round, the threshold is 3"
+    ):
+        secure_sum(data, 3, vanish=dict.fromkeys(IDS[:4], "unmask"))
 
 
 def test_the_server_sees_only_ring_noise():
@@ -201,7 +207,7 @@ def test_the_server_sees_only_ring_noise():
     masked = {
         m.sender: decode_message(m.payload)["masked"]
         for m in transcript
-        if m.round == "masked_input" and m.recipient == "server"
+        if m.round == "masked" and m.recipient == "server"
     }
     assert set(masked) == set(IDS)
     for c, y in masked.items():
@@ -227,11 +233,12 @@ def test_bytes_reported_are_the_bytes_of_the_messages_built():
     assert result.bytes_up == sum(len(m.payload) for m in transcript if m.recipient == "server")
     assert result.bytes_down == sum(len(m.payload) for m in transcript if m.sender == "server")
     up = [m.round for m in transcript if m.recipient == "server"]
-    assert up.count("advertise_keys") == 6 and up.count("share_keys") == 6
-    assert up.count("masked_input") == 5 and up.count("unmask") == 5
+    assert up.count("keys") == 6 and up.count("shares") == 6 and up.count("masked") == 5
+    assert up.count("consistency") == 5 and up.count("unmask") == 5
     down = [m.round for m in transcript if m.sender == "server"]
-    assert down.count("advertise_keys") == 6 and down.count("share_keys") == 5
-    masked = [m for m in transcript if m.round == "masked_input" and m.recipient == "server"]
+    assert down.count("keys") == 0 and down.count("shares") == 6 and down.count("masked") == 5
+    assert down.count("consistency") == 5 and down.count("unmask") == 5
+    masked = [m for m in transcript if m.round == "masked" and m.recipient == "server"]
     assert all(len(m.payload) >= 300 * 4 for m in masked)  # k-bit ring elements on the wire
 
 
@@ -240,7 +247,7 @@ def test_bytes_reported_are_the_bytes_of_the_messages_built():
 
 
 def run_to_unmask(n: int = 4, t: int = 3, dimension: int = 50):
-    """Rounds 0–2 by hand, every client sending; returns (server, clients, request)."""
+    """Rounds 0–3 by hand, every client sending; returns (server, clients, request)."""
     server = SecAggServer(dimension, t)
     clients = {c: SecAggClient(c, dimension) for c in IDS[:n]}
     for c in clients.values():
@@ -251,7 +258,15 @@ def run_to_unmask(n: int = 4, t: int = 3, dimension: int = 50):
     forwarded = server.forward_shares()
     for name, c in clients.items():
         server.receive_masked(c.masked_input(forwarded[name], np.ones(dimension, np.float32)))
-    return server, clients, server.unmask_request()
+    return server, clients, consistency_round(server, clients)
+
+
+def consistency_round(server, clients) -> dict:
+    """Round 3 by hand: every client signs the survivors; returns the unmask request."""
+    announced = server.announce_survivors()
+    for c in clients.values():
+        server.receive_consistency(c.consistency(announced))
+    return server.unmask_request()
 
 
 def test_a_client_refuses_to_reveal_both_shares_of_one_user():
@@ -323,7 +338,7 @@ def test_ring_inputs_pass_through_for_a_dp_layer():
         noisy = quantised + rng.integers(-50, 50, dimension)  # stands in for discrete noise
         expected += noisy
         server.receive_masked(c.masked_input(forwarded[name], noisy.astype("<u4")))
-    request = server.unmask_request()
+    request = consistency_round(server, clients)
     for c in clients.values():
         server.receive_unmask(c.unmask(request))
     assert np.array_equal(server.result(), expected / 2**16)

@@ -9,12 +9,14 @@ import time
 import numpy as np
 import pytest
 import torch
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedfm.client.app import ClientTask
 from fedfm.config import load_config
 from fedfm.errors import ProtocolError
 from fedfm.privacy.secagg import KEYS, SecAggServer, encode_message
 from fedfm.runtimes.grpc import fedfm_pb2 as pb
+from fedfm.signing import raw_public
 from fedfm.state import FitInstructions
 from tests.runtimes.conftest import Server, _poll
 
@@ -44,11 +46,11 @@ def _vectors(n: int) -> dict[str, np.ndarray]:
 class SecureRound:
     """One secure round on a test server: ``secure_dispatch`` in a thread, its outcome or error."""
 
-    def __init__(self, server: Server, sharers, trainers, threshold: int) -> None:
+    def __init__(
+        self, server: Server, sharers, trainers, threshold: int, protocol=SecAggServer
+    ) -> None:
         self.server = server
-        self.protocol = SecAggServer(
-            DIMENSION, threshold, session="secagg/round-1/0123456789abcdef"
-        )
+        self.protocol = protocol(DIMENSION, threshold, session="secagg/round-1/0123456789abcdef")
         instructions = FitInstructions(round=1, local_steps=1, lr=0.1, batch_size=4)
         tasks = [ClientTask(c, b"global-state", instructions) for c in trainers]
         server.runtime.prepare_round(1, None)
@@ -69,9 +71,9 @@ class SecureRound:
         return self.outcome
 
 
-def _party(server: Server, cid: str, vector: np.ndarray):
+def _party(server: Server, cid: str, vector: np.ndarray, **kw):
     """A real NetworkClient serving until the run is over, in a thread."""
-    client = server.client(cid)
+    client = server.client(cid, **kw)
     client.join()
     client.config = load_config(None, ["secagg.enabled=true"])
     app = VectorApp(vector)
@@ -154,7 +156,7 @@ def test_a_party_that_missed_key_sharing_leaves_at_once_and_below_the_threshold_
         while (reply := _poll(late)).kind != pb.PollReply.SECAGG:
             time.sleep(0.05)
         late.upload(  # answers the keys stage by hand, then "restarts": its keys are gone
-            1, encode_message(_keys(reply.secagg_session, "c2")), 1024, stage="keys"
+            1, encode_message(_keys(reply.secagg_session, late)), 1024, stage="keys"
         )
         late.config = load_config(None, ["secagg.enabled=true"])
         started = time.monotonic()
@@ -172,7 +174,54 @@ def test_a_party_that_missed_key_sharing_leaves_at_once_and_below_the_threshold_
         server.close()
 
 
-def _keys(session: str, cid: str) -> dict:
+def _keys(session: str, client) -> dict:
     from fedfm.privacy.secagg import SecAggClient
 
-    return SecAggClient(cid, DIMENSION, session=session).advertise_keys()
+    party = SecAggClient(
+        client.client_id, DIMENSION, session=session, signing_key=client.signing_key
+    )
+    return party.advertise_keys()
+
+
+class SubstitutingServer(SecAggServer):
+    """An active server: the roster carries its own X25519 key in place of c1's."""
+
+    def roster(self):
+        roster = super().roster()
+        c_pk = roster["c_pk"].copy()
+        c_pk[1] = np.frombuffer(X25519PrivateKey.generate().public_key().public_bytes_raw(), "u1")
+        return {**roster, "c_pk": c_pk}
+
+
+def test_over_tls_a_substituted_key_makes_the_clients_leave_before_sharing(server):
+    three = ["c0", "c1", "c2"]
+    secure = SecureRound(server, three, three, threshold=2, protocol=SubstitutingServer)
+    parties = {cid: _party(server, cid, v) for cid, v in _vectors(3).items()}
+    secure.wait()
+    _finish(server, [p[2] for p in parties.values()])
+    assert isinstance(secure.error, ProtocolError)
+    assert "only 0 of 3 clients shared their keys" in str(secure.error)
+    # each party's signing key is the one it joined with (the server checked it at round 0)
+    assert secure.protocol.signing_keys == {
+        cid: raw_public(p[0].signing_key) for cid, p in parties.items()
+    }
+
+
+def test_over_tls_a_client_pinning_a_roster_leaves_a_round_with_a_stranger(server, tmp_path):
+    """c0 trusts only c0 and c2 (fedfm join --trusted-keys): it leaves; the others sum."""
+    vectors = _vectors(3)
+    keys = {c: raw_public(server.client(c).signing_key).hex() for c in ("c0", "c2")}
+    roster = tmp_path / "trusted.txt"
+    roster.write_text("".join(f"{c} {k}\n" for c, k in keys.items()))
+    three = ["c0", "c1", "c2"]
+    secure = SecureRound(server, three, three, threshold=2)
+    parties = {
+        cid: _party(server, cid, v, **({"trusted_keys": roster} if cid == "c0" else {}))
+        for cid, v in vectors.items()
+    }
+    outcome = secure.wait()
+    _finish(server, [p[2] for p in parties.values()])
+    assert outcome.survivors == ["c1", "c2"]
+    [(cid, error)] = outcome.failures
+    assert cid == "c0" and "client 'c1' is not in the trusted keys" in str(error)
+    assert np.abs(outcome.sum - vectors["c1"] - vectors["c2"]).max() <= 2 * 2.0**-17

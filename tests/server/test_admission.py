@@ -130,3 +130,47 @@ def test_the_weight_cap_holds_and_keeps_as_much_weight_as_it_can(counts, share):
         assert len(set(cut)) == 1
     updates = [Update(str(i), 1, OrderedDict(), n) for i, n in enumerate(counts)]
     assert [u.num_examples for u in cap_weights(updates, share)] == cut
+
+
+class ResidualClients(Runtime):
+    """Clients coding their updates with ``residual`` (each its own encoder memory, told the
+    server's count in its instructions); client "a"'s upload of round 2 is lost."""
+
+    def __init__(self) -> None:
+        self.pipe = Pipeline(("residual",), "codec.up")
+        self.memory: dict[str, dict] = {"a": {}, "b": {}}
+        self.told: list[int] = []
+
+    def dispatch(self, tasks):
+        for t in tasks:
+            rnd, cid = t.instructions.round, t.client_id
+            if cid == "a":
+                self.told.append(t.instructions.uplink_decoded)
+            received, _ = Pipeline(()).decode(t.payload, CodecContext(rnd), START)
+            ctx = CodecContext(rnd, received, self.memory[cid])  # coded against the global state
+            ctx.peer_decoded = t.instructions.uplink_decoded
+            fields = {"client": cid, "num_examples": 10, "metrics": {"loss": 0.5}}
+            state = OrderedDict(w=HONEST[cid] * rnd)
+            payload = self.pipe.encode(state, ctx, fields)
+            if (rnd, cid) == (2, "a"):
+                yield cid, ConnectionError("lost")
+                continue
+            yield cid, payload
+
+
+def test_residual_uplink_resynchronises_after_a_lost_upload():
+    """#16: one lost upload used to leave the two ends' predictions apart for good."""
+    runtime = ResidualClients()
+    fed = Federation(
+        strategy=FedAvg(FedAvgSpec(), FederationConfig()),
+        runtime=runtime,
+        client_ids=["a", "b"],
+        clients_per_round=2,
+        rounds=4,
+        evaluate=None,
+        up=runtime.pipe,
+    )
+    state = fed.run(OrderedDict((k, v.clone()) for k, v in START.items()))
+    assert runtime.told == [0, 1, 1, 2]  # round 3: 1 decoded, not 2: "a" re-based, then in step
+    assert [r["client"] for r in fed.rejected] == ["a"]  # only the lost upload
+    assert torch.allclose(state["w"], (HONEST["a"] + HONEST["b"]) * 4 / 2)  # round 4, exact

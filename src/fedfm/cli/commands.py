@@ -259,6 +259,7 @@ def cmd_join(args) -> int:
         retry_seconds=args.retry_seconds,
         policy=policy,
         signing_key=args.signing_key,
+        trusted_keys=args.trusted_keys,
     )
     result = client.run(args.data)
     print(

@@ -207,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse a secure round whose threshold is below K (default 0: any)",
     )
     policy.add_argument(
+        "--trusted-keys",
+        metavar="FILE",
+        help="the clients whose signed keys this client accepts in a secure round: one "
+        "'<client id> <hex Ed25519 public key>' a line (each client logs its own at join); "
+        "default: trust the server's roster on first use (docs/security.md)",
+    )
+    policy.add_argument(
         "--max-epsilon",
         type=float,
         default=0.0,

@@ -180,6 +180,8 @@ class ClientApp:
             update.state = transform(task.client_id, instr.round, update.state, state)
         memory = self.memory.setdefault(task.client_id, {})
         ctx = CodecContext(instr.round, state, memory, peer_seed(self.trainer.seed, task.client_id))
+        if instr.uplink_decoded >= 0:  # the server's count: a stateful codec re-bases if it differs
+            ctx.peer_decoded = instr.uplink_decoded
         header = {
             "client": task.client_id,
             "num_examples": update.num_examples,

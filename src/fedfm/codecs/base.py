@@ -74,6 +74,10 @@ class CodecContext:
     # A stateful pipeline writes the sender's in the header; a receiver that holds another
     # round's state refuses the payload (StaleReference) instead of decoding garbage.
     reference_round: int | None = None
+    # Sender side: how many of this end's messages the receiver says it has decoded (the
+    # server's ``FitInstructions.uplink_decoded``); None: not told. A codec that predicts from
+    # past messages re-bases when its own count differs (a message was lost or refused).
+    peer_decoded: int | None = None
 
 
 class Codec:
@@ -92,6 +96,8 @@ class Codec:
     last_only: ClassVar[bool] = False
     # Whether Pipeline.encode calls commit() with what the receiver will reconstruct.
     commits: bool = False
+    # A quantiser's integer width (sign included): secure aggregation sizes its ring from it.
+    value_bits: ClassVar[int | None] = None
 
     def __init__(self, argument: str | None, field: str) -> None:
         self.argument = argument
@@ -147,6 +153,11 @@ class Codec:
         ``received`` what the receiver's decode of this codec will return, through the whole
         downstream chain. Update ``ctx.memory`` from them (only with new tensors: never in place).
         """
+
+    def acknowledged(self, memory: dict[str, torch.Tensor]) -> int | None:
+        """Receiver side: how many messages this codec has decoded from the peer whose decoder
+        memory is ``memory``, for the sender to compare (None: the codec does not count)."""
+        return None
 
 
 class _CodecRegistry(Registry[type[Codec]]):
@@ -214,6 +225,21 @@ class Pipeline:
     def __init__(self, items: tuple[str, ...] | list[str], field: str = "codec") -> None:
         self.codecs = CODECS.parse_chain(items, field)
         self.specs = [c.spec() for c in self.codecs]
+
+    def acknowledged(self, memory: dict[str, torch.Tensor]) -> int | None:
+        """What the receiver tells the sender it decoded (``FitInstructions.uplink_decoded``):
+        the first counting codec's count in this peer's decoder ``memory``, None if none counts."""
+        for codec in self.codecs:
+            count = codec.acknowledged(memory)
+            if count is not None:
+                return count
+        return None
+
+    @property
+    def value_bits(self) -> int | None:
+        """The narrowest integer width a codec of the chain quantises to, None if none does."""
+        widths = [c.value_bits for c in self.codecs if c.value_bits is not None]
+        return min(widths) if widths else None
 
     @property
     def stateful(self) -> bool:

@@ -177,11 +177,11 @@ class _Quantizer(Codec):
 class Int8(_Quantizer):
     """8-bit symmetric quantisation: a quarter of float32's bytes, plus the scales."""
 
-    bits = 8
+    bits = value_bits = 8
 
 
 @CODECS.register("int4")
 class Int4(_Quantizer):
     """4-bit symmetric quantisation (q ∈ [−7, 7]), two values per byte: an eighth of float32's."""
 
-    bits = 4
+    bits = value_bits = 4

@@ -70,13 +70,23 @@ class SecAggConfig:
 
     enabled: bool = False  # mask updates so the server sees only their sum
     threshold: int = 0  # t: shares needed to recover a mask; 0 = a majority of the round's clients
-    fraction_bits: int = 16  # fixed-point resolution 2^-bits
-    modulus_bits: int = 32  # the ring Z_(2^bits)
+    fraction_bits: int = 16  # fixed-point resolution 2^-bits (a quantised ring: from value_range)
+    # the ring Z_(2^bits); 0 = from the uplink's quantiser (int8 with distributed DP: 16 bits
+    # up to 128 clients, on a grid shared by all clients), else 32
+    modulus_bits: int = 0
+    # with modulus_bits = 0: the largest |coordinate| the shared grid covers; 0 = privacy.clip_norm
+    value_range: float = 0.0
 
     def __post_init__(self) -> None:
         check(self.threshold >= 0, "secagg.threshold", self.threshold, "≥ 0 (0 = majority)")
         check(4 <= self.fraction_bits <= 30, "secagg.fraction_bits", self.fraction_bits, "4 … 30")
-        check(self.modulus_bits in (32, 64), "secagg.modulus_bits", self.modulus_bits, "32 or 64")
+        check(
+            self.modulus_bits in (0, 16, 32, 64),
+            "secagg.modulus_bits",
+            self.modulus_bits,
+            "0 (from the uplink quantiser), 16, 32 or 64",
+        )
+        check(self.value_range >= 0, "secagg.value_range", self.value_range, "≥ 0 (0 = clip_norm)")
 
 
 @dataclass(frozen=True)

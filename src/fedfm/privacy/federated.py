@@ -43,7 +43,7 @@ from fedfm.privacy.dp import (
 )
 from fedfm.privacy.mechanisms import mechanism
 from fedfm.privacy.noise import SecureGaussian
-from fedfm.privacy.secagg import SecAggServer, resolve_threshold
+from fedfm.privacy.secagg import SecAggServer, resolve_threshold, secagg_ring
 from fedfm.state import State, Update
 from fedfm.strategies.base import Strategy, WrappedStrategy
 
@@ -72,6 +72,7 @@ class ProtectedAggregation(WrappedStrategy):
         super().__init__(inner)
         self.privacy = config.privacy
         self.secagg = config.secagg
+        self.config = config
         self.masks_updates = config.secagg.enabled  # the server sees only the masked sum
         self.seed = config.seed
         self.clients_per_round = config.federation.clients_per_round
@@ -211,11 +212,12 @@ class ProtectedAggregation(WrappedStrategy):
 
     def secagg_server(self, rnd: int, clients: int, dimension: int, nonce: str):
         """The server's side of one round's protocol among ``clients`` key holders."""
+        ring = secagg_ring(self.config, dimension - 2)  # (k, f); the vector ends in w·loss, w
         return SecAggServer(
             dimension,
             resolve_threshold(self.secagg.threshold, clients),
-            fraction_bits=self.secagg.fraction_bits,
-            modulus_bits=self.secagg.modulus_bits,
+            fraction_bits=ring[1],
+            modulus_bits=ring[0],
             session=self.session(rnd, nonce),
         )
 
@@ -261,14 +263,14 @@ def client_transform(
     per_round = config.federation.clients_per_round
     sample_rate = client_sample_rate(per_round, num_clients)
     sigma = resolve_noise_multiplier(privacy, sample_rate, config.federation.rounds)
-    resolution = 2.0**-config.secagg.fraction_bits if config.secagg.enabled else 0.0
+    resolution = 2.0 ** -secagg_ring(config, num_params)[1] if config.secagg.enabled else 0.0
     clip_norm = privacy.clip_norm - (
         quantization_norm_slack(num_params, resolution) if resolution else 0.0
     )
     if clip_norm <= 0:
         raise ConfigError(
             f"privacy.clip_norm = {privacy.clip_norm} leaves no room for the fixed-point rounding of "
-            f"{num_params} parameters; raise it or secagg.fraction_bits"
+            f"{num_params} parameters; raise it or the fixed-point resolution (secagg)"
         )
 
     secure = SecureGaussian() if secure_noise else None

@@ -58,7 +58,9 @@ def in_process_secure_round(
             reports.append(report)
         return vector
 
-    result = run_parties(protocol, sharers, input_of, seed=rnd)
+    trainers = [t.client_id for t in tasks]
+    result = run_parties(protocol, sharers, input_of, seed=rnd, trainers=trainers)
+    failures.extend(result.failures)  # messages the protocol refused (a client that left)
     summed = set(result.survivors)
     return SecureRound(
         sum=result.sum,

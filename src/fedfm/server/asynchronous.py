@@ -73,7 +73,7 @@ class AsyncFederation(Federation):
             idle = [c for c in live if c not in in_flight and last_start.get(c) != version]
             while len(in_flight) < self.clients_per_round and idle:
                 cid = idle.pop(int(rng.integers(len(idle))))
-                instructions = self.strategy.configure_fit(version + 1, cid)
+                instructions = self._fit_instructions(version + 1, cid)
                 steps = max(1, instructions.local_steps)
                 payload = views[version][0]
                 self.runtime.submit(

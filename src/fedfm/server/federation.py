@@ -6,6 +6,7 @@ checkpoint → log.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
@@ -137,7 +138,7 @@ class Federation:
                 selected[i] for i in rng.choice(len(selected), size=n_drop, replace=False)
             )
         tasks = [
-            ClientTask(cid, down_payload, self.strategy.configure_fit(rnd, cid))
+            ClientTask(cid, down_payload, self._fit_instructions(rnd, cid))
             for cid in selected
             if cid not in dropped
         ]
@@ -383,6 +384,17 @@ class Federation:
         self.runtime.keep(rnd, cid, payload)
         self._payloads[cid] = payload
         return update
+
+    def _fit_instructions(self, rnd: int, cid: str) -> FitInstructions:
+        """The strategy's instructions, plus how many of ``cid``'s uplink payloads the server
+        decoded (a stateful uplink codec re-bases when its count differs: a lost upload)."""
+        instructions = self.strategy.configure_fit(rnd, cid)
+        if self.strategy.masks_updates:  # no per-client decoder on this side
+            return instructions
+        decoded = self.up.acknowledged(self.up_memory.get(cid, {}))
+        if decoded is None:
+            return instructions
+        return dataclasses.replace(instructions, uplink_decoded=decoded)
 
     def _decode(
         self, rnd: int, cid: str, payload: bytes, template: State, reference: State | None = None

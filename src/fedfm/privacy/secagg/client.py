@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -17,20 +18,25 @@ from fedfm.privacy.secagg.crypto import (
     KEY_BYTES,
     NONCE_BYTES,
     SHARE_KEY_LABEL,
+    SIGNATURE_BYTES,
     agree,
     encode_context,
     expand_mask,
     hkdf,
+    keys_statement,
     pairwise_mask_sum,
     public_bytes,
+    survivors_statement,
 )
 from fedfm.privacy.secagg.fixed_point import encode_fixed_point, ring_dtype
 from fedfm.privacy.secagg.messages import (
+    CONSISTENCY,
     FORWARDED,
     KEYS,
     MASKED,
     ROSTER,
     SHARES,
+    SURVIVORS,
     UNMASK,
     UNMASK_REQUEST,
     Stages,
@@ -39,10 +45,15 @@ from fedfm.privacy.secagg.messages import (
     message_field,
     message_ids,
 )
+from fedfm.signing import TrustedKeys, raw_public, raw_signature_valid
 
 
 class SecAggClient(Stages):
-    """One client's side: four calls, one per round, each answering the server's last message."""
+    """One client's side: five calls, one per round, each answering the server's last message.
+
+    ``signing_key`` is the client's Ed25519 key (a fresh one if None); ``trusted`` says which
+    signing key each other client may use (a pinned roster, or trust on first use if None).
+    """
 
     def __init__(
         self,
@@ -53,6 +64,8 @@ class SecAggClient(Stages):
         modulus_bits: int = 32,
         session: str = "",
         min_threshold: int = 2,
+        signing_key: Ed25519PrivateKey | None = None,
+        trusted: TrustedKeys | None = None,
     ) -> None:
         if not client_id:
             raise ValueError("client_id must be a non-empty string")
@@ -63,6 +76,8 @@ class SecAggClient(Stages):
         self._dtype = ring_dtype(modulus_bits)
         self._c_key = X25519PrivateKey.generate()  # OS CSPRNG
         self._s_key = X25519PrivateKey.generate()
+        self._signing_key = signing_key or Ed25519PrivateKey.generate()
+        self._trusted = trusted if trusted is not None else TrustedKeys()
         self._stage, self._who = "advertise", f"client {client_id!r}"
         self._held: dict[str, tuple[bytes, bytes]] = {}  # owner → (my share of b_owner, of s_owner)
         self._revealed: dict[str, str] = {}  # owner → "b" or "s": the one kind ever revealed
@@ -73,16 +88,49 @@ class SecAggClient(Stages):
         return self._threshold
 
     def advertise_keys(self) -> dict[str, Any]:
-        """Round 0: the two public keys (unsigned: there is no PKI)."""
+        """Round 0: the two public keys, signed with the client's Ed25519 key with its id and
+        the session (so the server cannot substitute them, nor replay them elsewhere)."""
         self._require("advertise", "advertise keys")
         self._stage = "share"
+        c_pk, s_pk = public_bytes(self._c_key), public_bytes(self._s_key)
         return {
             "type": KEYS,
             "session": self.session,
             "client": self.client_id,
-            "c_pk": public_bytes(self._c_key),
-            "s_pk": public_bytes(self._s_key),
+            "c_pk": c_pk,
+            "s_pk": s_pk,
+            "sig_pk": raw_public(self._signing_key),
+            "signature": self._signing_key.sign(
+                keys_statement(self.session, self.client_id, c_pk, s_pk)
+            ),
         }
+
+    def _check_signatures(
+        self, clients: list[str], c_pk: np.ndarray, s_pk: np.ndarray, roster: dict[str, Any]
+    ) -> dict[str, bytes]:
+        """Every roster entry signed by a distinct signing key this client trusts for its id."""
+        n = len(clients)
+        sig_pk = message_array(roster, "sig_pk", np.uint8, (n, KEY_BYTES))
+        signatures = message_array(roster, "signatures", np.uint8, (n, SIGNATURE_BYTES))
+        keys = {c: sig_pk[i].tobytes() for i, c in enumerate(clients)}
+        if len(set(keys.values())) != n:
+            raise ProtocolError("secure aggregation: the roster repeats a signing key")
+        if keys[self.client_id] != raw_public(self._signing_key):
+            raise ProtocolError(
+                f"secure aggregation: the roster carries another signing key for {self._who}"
+            )
+        for i, c in enumerate(clients):
+            refusal = self._trusted.refusal(c, keys[c])
+            if refusal:
+                raise ProtocolError(f"secure aggregation: {refusal}")
+            statement = keys_statement(self.session, c, c_pk[i].tobytes(), s_pk[i].tobytes())
+            if not raw_signature_valid(keys[c], signatures[i].tobytes(), statement):
+                raise ProtocolError(
+                    f"secure aggregation: the roster's keys of {c[:80]!r} are not signed by it "
+                    "(substituted by the server?)"
+                )
+        self._trusted.remember(keys)
+        return keys
 
     def _share_key(self, peer: str, sender: str, recipient: str) -> tuple[AESGCM, bytes]:
         context = encode_context(SHARE_KEY_LABEL, self.session, sender, recipient)
@@ -109,6 +157,7 @@ class SecAggClient(Stages):
             )
         if len({row.tobytes() for row in np.concatenate([c_pk, s_pk])}) != 2 * n:
             raise ProtocolError("secure aggregation: the roster repeats a public key")
+        self._signing_keys = self._check_signatures(clients, c_pk, s_pk, roster)
         if not 2 <= t <= n:
             raise ProtocolError(
                 f"secure aggregation: threshold {t} is not in 2 … {n} (the clients)"
@@ -198,7 +247,7 @@ class SecAggClient(Stages):
             self.modulus_bits,
             self.session,
         )
-        self._stage = "unmask"  # never a second y_u under the same masks
+        self._stage = "consent"  # never a second y_u under the same masks
         return {
             "type": MASKED,
             "session": self.session,
@@ -206,8 +255,60 @@ class SecAggClient(Stages):
             "masked": encoded,
         }
 
+    def consistency(self, announced: dict[str, Any]) -> dict[str, Any]:
+        """Round 3, the consistency check: sign the survivor list U3 the server announced.
+
+        The signatures travel to every survivor, and none reveals a share before it holds t of
+        them over the U3 it was told: a server telling two clients two stories gets t on one
+        side at most, so never both shares of one user from t clients."""
+        self._require("consent", "sign the survivors")
+        expect_message(announced, SURVIVORS, self.session)
+        survivors = message_ids(announced, "survivors")
+        if self.client_id not in survivors or not set(survivors) <= set(self._group):
+            raise ProtocolError(
+                "secure aggregation: the survivors announced are not clients of this round "
+                "including the requested client"
+            )
+        if len(survivors) < self._threshold:
+            raise ProtocolError(
+                f"secure aggregation: only {len(survivors)} of {len(self._group)} clients sent "
+                f"their masked input, the threshold is {self._threshold}"
+            )
+        self._survivors = sorted(survivors)
+        self._stage = "unmask"
+        return {
+            "type": CONSISTENCY,
+            "session": self.session,
+            "client": self.client_id,
+            "signature": self._signing_key.sign(survivors_statement(self.session, survivors)),
+        }
+
+    def _check_consistency(self, request: dict[str, Any], survivors: list[str]) -> None:
+        """At least t valid signatures, from survivors, over the U3 this client signed."""
+        if sorted(survivors) != self._survivors:
+            raise ProtocolError(
+                "secure aggregation: the unmask request names other survivors than the ones "
+                "this client signed"
+            )
+        signers = message_ids(request, "signers")
+        signatures = message_array(request, "signatures", np.uint8, (len(signers), SIGNATURE_BYTES))
+        statement = survivors_statement(self.session, self._survivors)
+        valid = {
+            v
+            for v, signature in zip(signers, signatures, strict=True)
+            if v in self._survivors
+            and raw_signature_valid(self._signing_keys[v], signature.tobytes(), statement)
+        }
+        if len(valid) < self._threshold:
+            raise ProtocolError(
+                f"secure aggregation: only {len(valid)} valid signatures over this client's "
+                f"survivor list, the threshold is {self._threshold} (the server told clients "
+                "different survivors?)"
+            )
+
     def unmask(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Round 3: shares of b_u for the survivors, of s_u for the dropped; never both for one user.
+        """Round 4: shares of b_u for the survivors, of s_u for the dropped; never both for one
+        user, and only with t signatures over the survivor list this client signed.
 
         May be answered again (a retried request), but a user whose b share was revealed never
         gets its s share revealed, and the other way round: that would unmask its input.
@@ -228,11 +329,7 @@ class SecAggClient(Stages):
                 "secure aggregation: the unmask request does not split this round's clients into "
                 "survivors (including the requested client) and dropped"
             )
-        if len(survivors) < self._threshold:
-            raise ProtocolError(
-                f"secure aggregation: only {len(survivors)} of {len(self._group)} clients sent "
-                f"their masked input, the threshold is {self._threshold}"
-            )
+        self._check_consistency(request, survivors)
         self._revealed.update({u: "b" for u in survivors} | {u: "s" for u in dropped})
 
         def stack(owners: list[str], kind: int) -> np.ndarray:

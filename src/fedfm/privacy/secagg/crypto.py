@@ -21,8 +21,11 @@ NONCE_BYTES = 12
 CIPHERTEXT_BYTES = (
     NONCE_BYTES + 2 * shamir.SHARE_BYTES + 16
 )  # nonce ‖ AES-GCM(b share ‖ s share) ‖ tag
+SIGNATURE_BYTES = 64  # Ed25519
 SHARE_KEY_LABEL = "fedfm/secagg/v1/share-encryption"
 MASK_SEED_LABEL = "fedfm/secagg/v1/pairwise-mask"
+KEYS_SIGNATURE_LABEL = "fedfm/secagg/v1/advertised-keys"
+SURVIVORS_SIGNATURE_LABEL = "fedfm/secagg/v1/consistency"
 
 
 def encode_context(label: str, *parts: str) -> bytes:
@@ -32,6 +35,16 @@ def encode_context(label: str, *parts: str) -> bytes:
         data = part.encode("utf-8")
         out += len(data).to_bytes(4, "big") + data
     return out
+
+
+def keys_statement(session: str, client: str, c_pk: bytes, s_pk: bytes) -> bytes:
+    """What a client signs in round 0: its two X25519 public keys, bound to session and id."""
+    return encode_context(KEYS_SIGNATURE_LABEL, session, client) + c_pk + s_pk
+
+
+def survivors_statement(session: str, survivors: list[str]) -> bytes:
+    """What a client signs in the consistency round: the session and the survivor list U3."""
+    return encode_context(SURVIVORS_SIGNATURE_LABEL, session, *sorted(survivors))
 
 
 def agree(private_key: bytes, peer_public_key: bytes) -> bytes:

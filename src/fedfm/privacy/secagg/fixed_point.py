@@ -11,10 +11,11 @@ from fedfm.errors import ProtocolError
 
 
 def ring_dtype(modulus_bits: int) -> np.dtype:
-    """The unsigned little-endian dtype of Z_(2^k): ``<u4`` for k = 32, ``<u8`` for k = 64."""
-    if modulus_bits not in (32, 64):
-        raise ValueError(f"modulus_bits = {modulus_bits} is not allowed; allowed: 32 or 64")
-    return np.dtype("<u4" if modulus_bits == 32 else "<u8")
+    """The unsigned little-endian dtype of Z_(2^k): ``<u2``, ``<u4`` or ``<u8`` for k = 16,
+    32 or 64."""
+    if modulus_bits not in (16, 32, 64):
+        raise ValueError(f"modulus_bits = {modulus_bits} is not allowed; allowed: 16, 32 or 64")
+    return np.dtype(f"<u{modulus_bits // 8}")
 
 
 def max_abs_value(fraction_bits: int, modulus_bits: int, clients: int) -> float:
@@ -36,7 +37,7 @@ def encode_fixed_point(
             f"secure aggregation: an update value of magnitude {peak / 2.0**fraction_bits:.6g} "
             f"exceeds the representable ±{limit / 2.0**fraction_bits:.6g} (secagg.modulus_bits = "
             f"{modulus_bits}, secagg.fraction_bits = {fraction_bits}, {clients} clients); clip "
-            "the updates (privacy.clip_norm), lower fraction_bits or set modulus_bits = 64"
+            "the updates (privacy.clip_norm), lower fraction_bits or set a wider modulus_bits"
         )
     return scaled.astype(np.int64).astype(ring_dtype(modulus_bits))  # int64 → uint wraps mod 2^k
 

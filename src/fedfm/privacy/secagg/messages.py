@@ -11,7 +11,7 @@ import torch
 
 from fedfm.codecs.wire import pack, unpack
 from fedfm.errors import ProtocolError
-from fedfm.privacy.secagg.crypto import CIPHERTEXT_BYTES, KEY_BYTES
+from fedfm.privacy.secagg.crypto import CIPHERTEXT_BYTES, KEY_BYTES, SIGNATURE_BYTES
 from fedfm.privacy.shamir import SHARE_BYTES
 
 # Message types, one per arrow in the round table of the package docstring.
@@ -21,8 +21,12 @@ KEYS, ROSTER, SHARES, FORWARDED = (
     "secagg/shares",
     "secagg/forwarded",
 )
-MASKED, UNMASK_REQUEST, UNMASK = "secagg/masked", "secagg/unmask-request", "secagg/unmask"
+MASKED, SURVIVORS, CONSISTENCY = "secagg/masked", "secagg/survivors", "secagg/consistency"
+UNMASK_REQUEST, UNMASK = "secagg/unmask-request", "secagg/unmask"
 ABORT = "secagg/abort"  # a client leaves the protocol instance, with a "reason" (any round)
+
+
+RING_DTYPES = ("|u1", "<u2", "<u4", "<u8")  # the array dtypes a message may carry
 
 
 def message_field(message: Any, name: str, kind: type) -> Any:
@@ -89,7 +93,7 @@ def encode_message(message: dict[str, Any]) -> bytes:
         if isinstance(value, bytes):
             raw, binary[name] = np.frombuffer(value, np.uint8), "bytes"
         elif isinstance(value, np.ndarray):
-            if value.dtype.str not in ("|u1", "<u4", "<u8"):
+            if value.dtype.str not in RING_DTYPES:
                 raise ProtocolError(
                     f"secure aggregation: cannot send an array of dtype {value.dtype}"
                 )
@@ -127,7 +131,7 @@ def decode_message(payload: bytes) -> dict[str, Any]:
             continue
         try:
             dtype, shape = np.dtype(kind[0]), tuple(int(s) for s in kind[1])
-            if dtype.str not in ("|u1", "<u4", "<u8"):
+            if dtype.str not in RING_DTYPES:
                 raise ValueError(f"dtype {dtype}")
             message[name] = np.frombuffer(raw.tobytes(), dtype).reshape(shape)
         except (TypeError, ValueError, IndexError, KeyError, OverflowError) as e:
@@ -138,12 +142,14 @@ def decode_message(payload: bytes) -> dict[str, Any]:
 
 
 def max_message_bytes(stage: str, dimension: int, clients: int, modulus_bits: int) -> int:
-    """The largest message a client sends at ``stage`` ("keys", "shares", "masked", "unmask")
+    """The largest message a client sends at ``stage`` ("keys", "shares", "masked",
+    "consistency", "unmask")
     in a round of at most ``clients`` over vectors of ``dimension``: what a server accepts."""
     body = {
-        "keys": 2 * KEY_BYTES,
+        "keys": 3 * KEY_BYTES + SIGNATURE_BYTES,
         "shares": clients * CIPHERTEXT_BYTES,
         "masked": dimension * modulus_bits // 8,
+        "consistency": SIGNATURE_BYTES,
         "unmask": clients * SHARE_BYTES,
     }[stage]
     return body + (16 << 10) + 160 * clients  # the header: fields, ids (≤ 128 chars), entries

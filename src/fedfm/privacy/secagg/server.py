@@ -13,17 +13,22 @@ from fedfm.privacy import shamir
 from fedfm.privacy.secagg.crypto import (
     CIPHERTEXT_BYTES,
     KEY_BYTES,
+    SIGNATURE_BYTES,
     expand_mask,
+    keys_statement,
     pairwise_mask_sum,
     public_bytes,
+    survivors_statement,
 )
 from fedfm.privacy.secagg.fixed_point import decode_fixed_point, ring_dtype
 from fedfm.privacy.secagg.messages import (
+    CONSISTENCY,
     FORWARDED,
     KEYS,
     MASKED,
     ROSTER,
     SHARES,
+    SURVIVORS,
     UNMASK,
     UNMASK_REQUEST,
     Stages,
@@ -32,6 +37,7 @@ from fedfm.privacy.secagg.messages import (
     message_field,
     message_ids,
 )
+from fedfm.signing import raw_signature_valid
 
 
 def resolve_threshold(threshold: int, clients: int) -> int:
@@ -42,8 +48,12 @@ def resolve_threshold(threshold: int, clients: int) -> int:
 class SecAggServer(Stages):
     """The server's side: ``receive_*`` one client message at a time, then close the round.
 
-    Closing a round (:meth:`roster`, :meth:`forward_shares`, :meth:`unmask_request`,
-    :meth:`result`) with fewer than ``threshold`` clients raises ProtocolError.
+    Closing a round (:meth:`roster`, :meth:`forward_shares`, :meth:`announce_survivors`,
+    :meth:`unmask_request`, :meth:`result`) with fewer than ``threshold`` clients raises
+    ProtocolError. An honest server checks every signature too, and drops a client whose
+    signature fails (the clients check them again: they do not rely on the server).
+    ``signing_keys``, if given, are the keys the clients registered (at join): a client whose
+    round-0 message names another one is dropped.
     """
 
     def __init__(
@@ -54,6 +64,7 @@ class SecAggServer(Stages):
         fraction_bits: int = 16,
         modulus_bits: int = 32,
         session: str = "",
+        signing_keys: Mapping[str, bytes] | None = None,
     ) -> None:
         if threshold < 2:
             raise ValueError(
@@ -63,7 +74,10 @@ class SecAggServer(Stages):
         self.fraction_bits, self.modulus_bits = fraction_bits, modulus_bits
         self._dtype = ring_dtype(modulus_bits)
         self._stage, self._who = "keys", "the server"
+        self.signing_keys = signing_keys
         self._keys: dict[str, tuple[bytes, bytes]] = {}  # U1: id → (c_pk, s_pk)
+        self._signed: dict[str, tuple[bytes, bytes]] = {}  # U1: id → (signing key, signature)
+        self._consents: dict[str, bytes] = {}  # U4: id → its signature over U3
         self._ciphertexts: dict[str, dict[str, np.ndarray]] = {}  # U2: sender → recipient → row
         self._masked: dict[str, np.ndarray] = {}  # U3: id → y
         self._answers: dict[str, dict[str, Any]] = {}  # id → its unmask message
@@ -99,7 +113,18 @@ class SecAggServer(Stages):
         c_pk, s_pk = message_field(message, "c_pk", bytes), message_field(message, "s_pk", bytes)
         if len(c_pk) != KEY_BYTES or len(s_pk) != KEY_BYTES:
             raise ProtocolError(f"secure aggregation: public keys must be {KEY_BYTES} bytes")
+        sig_pk = message_field(message, "sig_pk", bytes)
+        signature = message_field(message, "signature", bytes)
+        if self.signing_keys is not None and self.signing_keys.get(client) != sig_pk:
+            raise ProtocolError(
+                f"secure aggregation: {client!r} signs with a key other than the one it joined "
+                "with (or joined with none)"
+            )
+        statement = keys_statement(self.session, client, c_pk, s_pk)
+        if not raw_signature_valid(sig_pk, signature, statement):
+            raise ProtocolError(f"secure aggregation: the keys of {client!r} are not signed by it")
         self._keys[client] = (c_pk, s_pk)
+        self._signed[client] = (sig_pk, signature)
 
     def roster(self) -> dict[str, Any]:
         """Close round 0: every client's keys and the threshold, the same message to all."""
@@ -109,17 +134,19 @@ class SecAggServer(Stages):
         self._x = {c: i + 1 for i, c in enumerate(self._clients)}
         self._stage = "shares"
 
-        def keys(i: int) -> np.ndarray:
-            data = b"".join(self._keys[c][i] for c in self._clients)
-            return np.frombuffer(data, np.uint8).reshape(-1, KEY_BYTES)
+        def rows(table: Mapping[str, tuple[bytes, bytes]], i: int, width: int) -> np.ndarray:
+            data = b"".join(table[c][i] for c in self._clients)
+            return np.frombuffer(data, np.uint8).reshape(-1, width)
 
         return {
             "type": ROSTER,
             "session": self.session,
             "threshold": self.threshold,
             "clients": self._clients,
-            "c_pk": keys(0),
-            "s_pk": keys(1),
+            "c_pk": rows(self._keys, 0, KEY_BYTES),
+            "s_pk": rows(self._keys, 1, KEY_BYTES),
+            "sig_pk": rows(self._signed, 0, KEY_BYTES),
+            "signatures": rows(self._signed, 1, SIGNATURE_BYTES),
         }
 
     def receive_shares(self, message: dict[str, Any]) -> None:
@@ -158,24 +185,48 @@ class SecAggServer(Stages):
         client = self._sender(message, MASKED, dict.fromkeys(self._group), self._masked)
         self._masked[client] = message_array(message, "masked", self._dtype, (self.dimension,))
 
-    def unmask_request(self) -> dict[str, Any]:
-        """Close round 2: who is in the sum (U3) and who dropped after sharing, for U3."""
-        self._require("masked", "request unmasking")
+    def announce_survivors(self) -> dict[str, Any]:
+        """Close round 2: who is in the sum (U3), for U3 to sign (the consistency check)."""
+        self._require("masked", "announce the survivors")
         self._too_few(len(self._masked), len(self._group), "sent their masked input")
         self._survivors = sorted(self._masked)
         self._dropped = [u for u in self._group if u not in self._masked]
+        self._stage = "consistency"
+        return {"type": SURVIVORS, "session": self.session, "survivors": self._survivors}
+
+    def receive_consistency(self, message: dict[str, Any]) -> None:
+        """Round 3: one survivor's signature over (session, U3)."""
+        self._require("consistency", "receive consistency signatures")
+        client = self._sender(message, CONSISTENCY, dict.fromkeys(self._survivors), self._consents)
+        signature = message_field(message, "signature", bytes)
+        statement = survivors_statement(self.session, self._survivors)
+        if not raw_signature_valid(self._signed[client][0], signature, statement):
+            raise ProtocolError(
+                f"secure aggregation: {client!r} did not sign this round's survivor list"
+            )
+        self._consents[client] = signature
+
+    def unmask_request(self) -> dict[str, Any]:
+        """Close round 3: U3, who dropped after sharing, and the signatures over U3, for the
+        clients that signed (U4)."""
+        self._require("consistency", "request unmasking")
+        self._too_few(len(self._consents), len(self._survivors), "signed the survivor list")
+        self._signers = sorted(self._consents)
         self._stage = "unmask"
+        data = b"".join(self._consents[c] for c in self._signers)
         return {
             "type": UNMASK_REQUEST,
             "session": self.session,
             "survivors": self._survivors,
             "dropped": self._dropped,
+            "signers": self._signers,
+            "signatures": np.frombuffer(data, np.uint8).reshape(-1, SIGNATURE_BYTES),
         }
 
     def receive_unmask(self, message: dict[str, Any]) -> None:
-        """Round 3: one survivor's shares."""
+        """Round 4: one signer's shares."""
         self._require("unmask", "receive unmasking shares")
-        client = self._sender(message, UNMASK, dict.fromkeys(self._survivors), self._answers)
+        client = self._sender(message, UNMASK, dict.fromkeys(self._signers), self._answers)
         if (
             message_ids(message, "b_owners") != self._survivors
             or message_ids(message, "s_owners") != self._dropped
@@ -195,11 +246,11 @@ class SecAggServer(Stages):
         return shamir.reconstruct_bytes(points, self.threshold)
 
     def result(self) -> np.ndarray:
-        """Close round 3: Σ_{U3} x̄_u, decoded to float64 (d,)."""
+        """Close round 4: Σ_{U3} x̄_u, decoded to float64 (d,)."""
         if self._sum is not None:
             return self._sum
         self._require("unmask", "compute the sum")
-        self._too_few(len(self._answers), len(self._survivors), "answered the unmasking round")
+        self._too_few(len(self._answers), len(self._signers), "answered the unmasking round")
         total = np.zeros(self.dimension, dtype=self._dtype)
         for u in self._survivors:
             total += self._masked[u]

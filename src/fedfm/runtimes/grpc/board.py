@@ -27,7 +27,7 @@ class Assignment:
     status: str = "open"  # open | received
     # "" for a plain fit; "evaluate" for federated evaluation (the payload is the state to score,
     # the answer a few figures); secure aggregation: "keys", "shares", "masked" (the fit,
-    # answered by a masked input) or "unmask". ``message`` is the protocol's message to it.
+    # answered by a masked input), "consistency" or "unmask". ``message`` is the protocol's message.
     stage: str = ""
     session: str = ""
     message: bytes = b""

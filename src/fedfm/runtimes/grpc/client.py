@@ -28,11 +28,18 @@ from fedfm.config import parse_config_text
 from fedfm.errors import NetworkError, ProtocolError, StaleReference
 from fedfm.privacy.mechanisms import mechanism
 from fedfm.privacy.policy import ClientLedger, PrivacyPolicy
-from fedfm.privacy.secagg import ABORT, SecAggClient, decode_message, encode_message
+from fedfm.privacy.secagg import SecAggClient, encode_message
 from fedfm.runtimes.grpc import fedfm_pb2 as pb
 from fedfm.runtimes.grpc import fedfm_pb2_grpc as pb_grpc
 from fedfm.runtimes.grpc.protocol import VERSION, chunks, instructions_from_json, sha256
-from fedfm.signing import client_key, raw_public, upload_message
+from fedfm.runtimes.grpc.secure_client import SecureStages
+from fedfm.signing import (
+    TrustedKeys,
+    client_key,
+    load_trusted_keys,
+    raw_public,
+    upload_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +63,7 @@ class JoinResult:
     stopped: str = ""  # why this client left before the server's end ('' if it did not)
 
 
-class NetworkClient:
+class NetworkClient(SecureStages):
     """One client identity talking to one server."""
 
     def __init__(
@@ -74,10 +81,15 @@ class NetworkClient:
         heartbeat_seconds: float = 2.0,
         policy: PrivacyPolicy | None = None,
         signing_key: str | Path | None = None,
+        trusted_keys: str | Path | None = None,
     ) -> None:
         self.address = address
-        # signs every upload; the server pins it at the first join (default: made on first use)
+        # signs every upload and this client's secure-aggregation keys; the server pins it at
+        # the first join (default: made on first use)
         self.signing_key, _ = client_key(signing_key, client_id)
+        # the other clients' signing keys this client accepts in a secure round: a pinned
+        # roster (--trusted-keys), else the first key seen for each id (trust on first use)
+        self.trusted = TrustedKeys(load_trusted_keys(trusted_keys) if trusted_keys else None)
         self.policy = policy or PrivacyPolicy()
         self.ledger: ClientLedger | None = None  # this client's own privacy account
         self.client_id = client_id
@@ -148,7 +160,14 @@ class NetworkClient:
         self.session, self.client_index = reply.session, reply.client_index
         self.run_name = reply.run_name
         self.config_toml = reply.config_toml
-        log.info("joined %s as %s (index %d)", self.address, self.client_id, self.client_index)
+        log.info(
+            "joined %s as %s (index %d); signing key (for others' --trusted-keys): %s %s",
+            self.address,
+            self.client_id,
+            self.client_index,
+            self.client_id,
+            raw_public(self.signing_key).hex(),
+        )
         return reply
 
     def download(self, rnd: int, what: str, size: int, digest: str) -> bytes:
@@ -375,73 +394,3 @@ class NetworkClient:
             blob = self.download(rnd, "sync", fresh.sync_size, fresh.sync_sha256)
             app.load_view(unpack_groups(blob))
             return work()
-
-    # secure aggregation ----------------------------------------------------------------------
-    def _protocol(self, reply) -> SecAggClient | None:
-        """This round's protocol state: made at the "keys" stage, None if we never had it (this
-        process started after the round's key sharing: the server drops us from the round)."""
-        protocol = self._secagg
-        if protocol is None or protocol.session != reply.secagg_session:
-            if self._abandoned == reply.secagg_session:
-                time.sleep(reply.wait_seconds or 0.5)
-            else:
-                self._abandon(reply, "the round's key sharing began before this process joined")
-            return None
-        return protocol
-
-    def _abandon(self, reply, error: Exception | str) -> None:
-        """Leave this round's protocol (a message we refuse, a stage that closed meanwhile, a
-        round that began before we joined) and tell the server, which counts us as dropped
-        instead of waiting for us; we wait for the next round."""
-        log.warning(
-            "round %d: leaving secure aggregation (%s): %s", reply.round, reply.stage, error
-        )
-        self._secagg, self._abandoned = None, reply.secagg_session
-        notice = encode_message(
-            {
-                "type": ABORT,
-                "session": reply.secagg_session,
-                "client": self.client_id,
-                "reason": str(error)[:500],
-            }
-        )
-        with contextlib.suppress(NetworkError):  # the stage may be closed already
-            self.upload(reply.round, notice, reply.chunk_size or (1 << 20), stage=reply.stage)
-
-    def _secagg_message(self, reply) -> dict:
-        blob = self.download(reply.round, "secagg", reply.secagg_size, reply.secagg_sha256)
-        return decode_message(blob)
-
-    def _secagg_step(self, app, reply) -> None:
-        """Answer one secure-aggregation stage: advertise keys, share keys, or unmask."""
-        rnd, stage = reply.round, reply.stage
-        try:
-            if stage == "keys":
-                s = self.config.secagg
-                dimension = sum(t.numel() for t in app.template.values()) + 2  # + w·loss, w
-                self._secagg = SecAggClient(
-                    self.client_id,
-                    dimension,
-                    fraction_bits=s.fraction_bits,
-                    modulus_bits=s.modulus_bits,
-                    session=reply.secagg_session,
-                    min_threshold=self.policy.min_threshold,
-                )
-                message = self._secagg.advertise_keys()
-            elif stage in ("shares", "unmask"):
-                protocol = self._protocol(reply)
-                if protocol is None:
-                    return
-                inbound = self._secagg_message(reply)
-                answer = protocol.share_keys if stage == "shares" else protocol.unmask
-                message = answer(inbound)
-            else:
-                raise ProtocolError(f"unknown secure-aggregation stage {stage!r}")
-        except (NetworkError, ProtocolError) as e:
-            self._abandon(reply, e)
-            return
-        accepted, reason = self.upload(
-            rnd, encode_message(message), reply.chunk_size or (1 << 20), stage=stage
-        )
-        if not accepted:
-            log.warning("round %d: the server refused our %s message: %s", rnd, stage, reason)

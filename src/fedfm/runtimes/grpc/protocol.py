@@ -49,6 +49,7 @@ INSTRUCTION_BOUNDS: dict[str, tuple[type, float, float]] = {
     "local_epochs": (float, 0.0, 10**4),
     "proximal_mu": (float, 0.0, 10**6),
     "evaluate": (bool, 0, 1),
+    "uplink_decoded": (int, -1, 2**62),
 }
 
 

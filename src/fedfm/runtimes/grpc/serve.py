@@ -29,7 +29,7 @@ from fedfm.config import (
 )
 from fedfm.metrics.sinks import ConsoleSink, Sink
 from fedfm.privacy.mechanisms import mechanism
-from fedfm.privacy.secagg import max_message_bytes
+from fedfm.privacy.secagg import STAGES, max_message_bytes, secagg_ring
 from fedfm.rundir import (
     RunResult,
     drive,
@@ -152,8 +152,9 @@ def upload_limits(config, up, template, clients: int) -> dict[str, int]:
     limits = {"": up.max_payload_bytes(template), "evaluate": evaluation.MAX_RESULT_BYTES}
     if config.secagg.enabled:
         dimension = sum(t.numel() for t in template.values()) + 2  # + w·loss, w
-        for stage in ("keys", "shares", "masked", "unmask"):
-            limits[stage] = max_message_bytes(stage, dimension, clients, config.secagg.modulus_bits)
+        modulus_bits = secagg_ring(config, dimension - 2)[0]
+        for stage in STAGES:
+            limits[stage] = max_message_bytes(stage, dimension, clients, modulus_bits)
     return limits
 
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import grpc
 
 from fedfm.config import ServerConfig
-from fedfm.errors import NetworkError, ProtocolError
-from fedfm.privacy.secagg import ABORT, decode_message, encode_message
+from fedfm.errors import NetworkError
+from fedfm.privacy.secagg import drive
 from fedfm.runtimes.base import Runtime, SecureRound
 from fedfm.runtimes.grpc import fedfm_pb2_grpc as pb_grpc
 from fedfm.runtimes.grpc.auth import ClientRegistry
@@ -271,84 +271,62 @@ class GrpcRuntime(Runtime):
     carries_secure_aggregation = True
 
     def secure_dispatch(self, rnd: int, tasks, sharers: list[str], protocol, progress=None):
-        """One round under secure aggregation: the four protocol rounds of
-        :mod:`fedfm.privacy.secagg` carried as stages, the fit inside the third.
+        """One round under secure aggregation: the stages of :mod:`fedfm.privacy.secagg` run by
+        its one driver (:func:`~fedfm.privacy.secagg.drive`), this runtime carrying each
+        stage's messages; the fit happens inside the ``masked`` stage.
 
         ``sharers`` take part in key sharing (the selected clients, including those that the
         simulated faults drop before training); ``tasks`` are the clients asked to train, whose
         upload is a masked input instead of an update. ``protocol`` is the server's
-        :class:`~fedfm.privacy.secagg.SecAggServer`; the server never sees an update, only the
-        sum. Clients that fail a stage (lost, late, or a message the protocol refuses) drop out;
-        fewer than the threshold raises :class:`~fedfm.errors.ProtocolError`.
+        :class:`~fedfm.privacy.secagg.SecAggServer`; it learns the signing key each client
+        joined with, so round-0 keys signed with another are refused. The server never sees an
+        update, only the sum. Clients that fail a stage (lost, late, or a message the protocol
+        refuses) drop out; fewer than the threshold raises :class:`~fedfm.errors.ProtocolError`.
         """
         start = time.monotonic()
         deadline = start + self.settings.round_timeout
         self.store.round_started(rnd, [t.client_id for t in tasks])
         self._forget_uploads_before(rnd)
-        out = SecureRound()
         session = protocol.session
+        fits = {t.client_id: t for t in tasks}
         with self.board.lock:
             self.board.secure = True
+            protocol.signing_keys = self.board.client_keys  # live: clients may join meanwhile
 
-        def stage(name, receive, messages: dict[str, bytes], fits: dict | None = None) -> None:
-            """Send each client its message, feed each answer to the protocol as it arrives."""
+        def exchange(name: str, payloads: dict[str, bytes]):
+            """Send each client its message; yield each answer as it arrives."""
             work = []
-            for cid, message in messages.items():
+            for cid, message in payloads.items():
                 secure = {"stage": name, "session": session, "message": message}
                 secure["message_sha"] = sha256(message)
-                if fits is None:
-                    work.append(Assignment(cid, rnd, "", b"", "", deadline, **secure))
-                else:
+                if name == "masked":
                     work.append(self._fit_assignment(fits[cid], deadline, **secure))
-                out.bytes_down += len(message)
+                else:
+                    work.append(Assignment(cid, rnd, "", b"", "", deadline, **secure))
             self._assign(work)
-            answers = self._collect(rnd, name, set(messages), start, deadline)
-            for answered, (cid, result) in enumerate(answers, start=1):
-                try:
-                    if isinstance(result, Exception):
-                        raise result
-                    out.bytes_up += len(result)
-                    message = decode_message(result)
-                    if message.get("client") != cid:
-                        raise ProtocolError(
-                            f"a message naming client {message.get('client')!r} came from {cid!r}"
-                        )
-                    if message.get("type") == ABORT:
-                        raise ProtocolError(f"the client left: {message.get('reason')}")
-                    receive(message)
-                except Exception as e:  # one client's message never stops the round
-                    if not isinstance(e, ProtocolError | NetworkError):
-                        e = ProtocolError(f"undecodable message ({type(e).__name__}: {e})")
-                    log.warning(
-                        "round %d: %s drops out of secure aggregation at stage %r: %s",
-                        rnd,
-                        cid,
-                        name,
-                        e,
-                    )
-                    out.failures.append((cid, e))
-                if fits is not None and progress is not None:
-                    progress(answered, len(messages))
+            yield from self._collect(rnd, name, set(payloads), start, deadline)
             self._assign([])
 
         try:
-            stage("keys", protocol.receive_keys, dict.fromkeys(sharers, b""))
-            roster = protocol.roster()  # raises below the threshold, as every closing step does
-            encoded = encode_message(roster)
-            stage("shares", protocol.receive_shares, dict.fromkeys(roster["clients"], encoded))
-            forwarded = protocol.forward_shares()
-            fits = {t.client_id: t for t in tasks if t.client_id in forwarded}
-            masked = {cid: encode_message(forwarded[cid]) for cid in fits}
-            stage("masked", protocol.receive_masked, masked, fits)
-            request = protocol.unmask_request()
-            encoded = encode_message(request)
-            stage("unmask", protocol.receive_unmask, dict.fromkeys(request["survivors"], encoded))
+            result = drive(
+                protocol,
+                sharers,
+                exchange,
+                trainers=fits,
+                progress=progress,
+                round_label=f"round {rnd}: ",
+            )
         finally:
             with self.board.lock:
                 self.board.secure = False
-        out.sum = protocol.result()
-        out.survivors = protocol.survivors
-        out.seconds = time.monotonic() - start
+        out = SecureRound(
+            sum=result.sum,
+            survivors=result.survivors,
+            bytes_up=result.bytes_up,
+            bytes_down=result.bytes_down,
+            seconds=time.monotonic() - start,
+            failures=result.failures,
+        )
         self.store.round_finished(rnd, out.survivors)
         return out
 

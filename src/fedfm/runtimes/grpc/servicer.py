@@ -31,7 +31,7 @@ from fedfm.signing import public_from_raw
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5  # how soon an idle client asks again
-# ... during a secure round, whose four stages each wait for every client's next poll
+# ... during a secure round, whose five stages each wait for every client's next poll
 SECURE_POLL_SECONDS = 0.1
 FIRST_MESSAGE_SECONDS = 5.0  # an unauthenticated stream must name its session this soon
 JOINS_PER_SECOND = 5.0  # per peer address
