@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from fedfm.errors import TrainingError
+from fedfm.seeds import derive_seed
 from fedfm.state import FitInstructions, State, Update
 
 
@@ -27,16 +28,6 @@ class PrivateTraining(Protocol):
         seed: int,
         proximal: tuple | None,
     ) -> AbstractContextManager[torch.optim.Optimizer]: ...
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed derived from (run seed, round, client index, ...): same inputs, same seed."""
-    return int(
-        np.random.SeedSequence([int(p) for p in parts])
-        .generate_state(2, np.uint32)
-        .view(np.uint64)[0]
-        >> 1
-    )
 
 
 class Trainer:

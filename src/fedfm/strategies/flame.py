@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from sklearn.cluster import HDBSCAN
 
-from fedfm.client.trainer import derive_seed
 from fedfm.config import check
+from fedfm.seeds import derive_seed
 from fedfm.strategies.base import STRATEGIES, ServerContext
 from fedfm.strategies.robust import RobustRule
 
