@@ -64,16 +64,23 @@ def measure(setting: str, shadows: int, seed: int, out: Path) -> dict:
     if target.is_file():  # resumable: a finished setting is not repeated
         return json.loads(target.read_text())
     overrides = [*COMMON, *SETTINGS[setting], f"seed={seed}", f"name={setting}-s{seed}"]
-    t0 = time.perf_counter()
-    run = fedfm.run(load_config(None, overrides), out=WORK / f"k{shadows}", sinks=[])
-    run_seconds = time.perf_counter() - t0
-    report = membership_audit(run.run_dir, "lira", shadows)
-    s = run.summary
+    run_dir = WORK / f"{setting}-s{seed}"
+    if (run_dir / "summary.json").is_file():  # trained already (another number of shadows)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        run_seconds = summary["total_seconds"]
+    else:
+        t0 = time.perf_counter()
+        run = fedfm.run(load_config(None, overrides), out=WORK, sinks=[])
+        run_seconds = time.perf_counter() - t0
+        run_dir, summary, rows = run.run_dir, run.summary, run.metrics
+    report = membership_audit(run_dir, "lira", shadows)
+    s = summary
     result = {
         "setting": setting,
         "overrides": overrides,
         "accuracy": s["final_accuracy"],
-        "epsilon": run.metrics[-1].get("epsilon"),
+        "epsilon": rows[-1].get("epsilon"),
         "summary_mia_auc": s["mia_auc"],
         "trained_rows": s["mia_trained_rows"],
         "audit": report,
