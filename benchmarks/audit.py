@@ -2,7 +2,7 @@
 (Carlini et al. 2022) on a run without DP and on a client-level DP run. Usage, from the
 repository root, after ``make install``:
 
-    .venv/bin/python benchmarks/audit.py [--shadows 4] [--seed 0]
+    .venv/bin/python benchmarks/audit.py [--shadows 3] [--seed 0]
 
 MiniLM + LoRA (the default method), one torch thread. A small, memorising federation: 400 AG
 News training rows dealt IID over 4 clients, every client in every round, 5 rounds × 10 local
@@ -94,7 +94,7 @@ def measure(setting: str, shadows: int, seed: int, out: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shadows", type=int, default=4)
+    parser.add_argument("--shadows", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/audit")

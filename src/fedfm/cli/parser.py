@@ -25,6 +25,7 @@ EPILOG = """examples:
   fedfm bench --quick --peers plain          fedfm against a plain PyTorch loop, in minutes
   fedfm verify runs/agnews-lora              check a run against its signed provenance log
   fedfm audit runs/agnews-lora --shadows 4   membership inference (LiRA) on a run with privacy.audit
+  fedfm screen runs/teacher --texts to-label.txt   STRIP: is a teacher backdoored? (exit 1: yes)
   fedfm certs certs/                         test CA + server certificate for TLS
   fedfm serve configs/network.toml           serve an experiment to network clients
   fedfm dashboard runs/agnews-lora --port 8765   a live page of a run at http://127.0.0.1:8765/

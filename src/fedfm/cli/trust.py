@@ -10,12 +10,15 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from fedfm.errors import ConfigError
 from fedfm.trust.lira import ATTACKS, AUDIT, membership_audit
+from fedfm.trust.strip import screen_run
 
 
 def add_parsers(sub) -> None:
     """Declare every trust command on the ``fedfm`` sub-parsers."""
     add_audit(sub)
+    add_screen(sub)
 
 
 def add_audit(sub) -> None:
@@ -59,6 +62,58 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_screen(sub) -> None:
+    p = sub.add_parser(
+        "screen",
+        help="STRIP: is a classifier (a base or teacher to federate on) backdoored? exit 1: yes",
+        description="STRIP (Gao et al. 2019) on a finished classification run's model: "
+        "superimpose each input with clean texts (the run's first --rows test rows) and flag "
+        "inputs whose prediction keeps a low entropy, at a threshold calibrated to --fpr on "
+        "clean inputs. Screens the texts of --texts (one per line: e.g. the texts a teacher "
+        "will label), or tests a suspected --trigger inserted into other test rows. Exit 0: "
+        "clean; 1: poisoned (more inputs flagged than clean ones would be); 2: bad input.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished classification run")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--texts", metavar="FILE", help="texts to screen, one per line")
+    what.add_argument("--trigger", metavar="PHRASE", help="a suspected trigger to test")
+    p.add_argument("--rows", type=int, default=300, help="clean test rows (default 300)")
+    p.add_argument("--copies", type=int, default=16, help="superimpositions per input")
+    p.add_argument(
+        "--replace", type=float, default=0.5, help="share of an input's words replaced (0.5)"
+    )
+    p.add_argument("--fpr", type=float, default=0.01, help="calibrated FPR on clean inputs")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _check(condition: bool, flag: str, value, allowed: str) -> None:
+    if not condition:
+        raise ConfigError(f"{flag} = {value!r} is not allowed; allowed: {allowed}")
+
+
+def cmd_screen(args: argparse.Namespace) -> int:
+    _check(args.copies >= 1, "--copies", args.copies, "≥ 1")
+    _check(0 < args.replace < 1, "--replace", args.replace, "0 < share < 1")
+    _check(0 < args.fpr < 1, "--fpr", args.fpr, "0 < fpr < 1")
+    texts = None
+    if args.texts is not None:
+        path = Path(args.texts)
+        _check(path.is_file(), "--texts", args.texts, "a file of texts, one per line")
+        texts = [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+        _check(bool(texts), "--texts", args.texts, "a file with at least one text")
+    r = screen_run(
+        args.run_dir, texts, args.trigger, args.rows, args.copies, args.replace, args.fpr, args.seed
+    )
+    print(
+        f"flagged {r.flagged} of {r.screened} inputs ({r.flagged_rate:.1%}); clean inputs "
+        f"flagged {r.clean_fpr:.1%} at a threshold of {r.threshold:.3f} bits calibrated for "
+        f"{r.fpr:.1%}; a clean model stays at ≤ {r.allowed}"
+    )
+    print(f"{args.run_dir}: {'POISONED' if r.poisoned else 'no backdoor found'} (STRIP)")
+    return 1 if r.poisoned else 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "audit": cmd_audit,
+    "screen": cmd_screen,
 }
