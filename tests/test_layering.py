@@ -10,7 +10,7 @@ from pathlib import Path
 
 SRC = Path(__file__).parents[1] / "src" / "fedfm"
 CORE = {"state", "config", "server", "client", "strategies", "codecs", "data", "methods", "tasks"}
-PLUGINS = ("privacy", "fm4fl", "governance", "bench", "attacks", "runtimes.grpc")
+PLUGINS = ("privacy", "fm4fl", "governance", "bench", "attacks", "trust", "runtimes.grpc")
 MAX_LINES = 450  # generated code (gRPC stubs) aside
 MAX_LOCAL_IMPORTS = 40
 

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.stats import norm
 from tests.tasks.test_causal_lm import _Interrupt
 
 import fedfm
 from fedfm.client.app import trained_rows
-from fedfm.privacy.audit import auc
+from fedfm.privacy.audit import auc, lira_offline, logit_confidence, tpr_at_fpr
 from fedfm.server.checkpoint import latest_checkpoint
 
 scores = st.lists(st.integers(-5, 5).map(float), min_size=1, max_size=40)
@@ -81,3 +82,57 @@ def test_the_audit_finds_membership_in_an_overfit_model_and_not_under_strong_dp(
     ).summary
     # 96 members against 96 non-members: the AUC's standard error is about 0.04
     assert abs(private["mia_auc"] - 0.5) < 0.15 < memorised["mia_auc"] - private["mia_auc"]
+
+
+def test_tpr_at_fpr_counts_members_above_the_strictest_threshold_the_fpr_allows():
+    nonmembers = np.arange(100.0)  # 0 … 99
+    members = np.array([99.5, 98.5, 97.5, 50.0, -1.0])
+    # no false positive allowed: the threshold is 99, one member is above it
+    assert tpr_at_fpr(members, nonmembers, 0.001) == pytest.approx(1 / 5)
+    assert tpr_at_fpr(members, nonmembers, 0.0) == pytest.approx(1 / 5)
+    # 1% of 100 = one false positive: the threshold drops to 98
+    assert tpr_at_fpr(members, nonmembers, 0.01) == pytest.approx(2 / 5)
+    assert tpr_at_fpr(members, nonmembers, 0.02) == pytest.approx(3 / 5)
+    assert tpr_at_fpr(members, nonmembers, 0.5) == pytest.approx(4 / 5)  # above 49
+    # ties at the threshold are negatives: identical scores never make a TPR
+    assert tpr_at_fpr(np.zeros(10), np.zeros(10), 0.01) == 0.0
+    with pytest.raises(ValueError, match="fpr"):
+        tpr_at_fpr(members, nonmembers, 1.0)
+
+
+def test_logit_confidence_is_the_log_odds_of_the_true_label():
+    p = np.array([0.5, 0.9, 0.01, 1 - 1e-9])
+    assert logit_confidence(-np.log(p)) == pytest.approx(np.log(p / (1 - p)), rel=1e-6)
+    assert np.isfinite(logit_confidence(np.array([0.0]))).all()  # p = 1 is clipped
+
+
+def test_lira_scores_are_the_one_sided_gaussian_test_against_the_out_shadows():
+    shadows = np.array([[0.0, 10.0], [2.0, 12.0], [1.0, 14.0]])  # rows: μ = 1 and 12
+    target = np.array([3.0, 12.0])
+    per_row = lira_offline(target, shadows, global_variance=False)  # σ = 1 and 2
+    assert per_row == pytest.approx(norm.logcdf([2.0, 0.0]))
+    pooled = lira_offline(target, shadows)  # σ² = mean(1, 4) = 2.5 for both rows
+    assert pooled == pytest.approx(norm.logcdf(np.array([2.0, 0.0]) / np.sqrt(2.5)))
+    with pytest.raises(ValueError, match="at least 2 shadows"):
+        lira_offline(target, shadows[:1])
+
+
+def test_lira_finds_members_that_per_example_difficulty_hides_from_the_loss_attack():
+    """Rows differ widely in how confidently any model fits them (μ_i ~ N(0, 3²)); training on
+    a row lifts its confidence by 1. Thresholding the raw confidence (the loss attack) mostly
+    ranks rows by difficulty; LiRA subtracts each row's own OUT mean and finds the lift."""
+    rng = np.random.default_rng(0)
+    n, k = 2000, 8
+    difficulty = rng.normal(0, 3, n)
+    member = np.arange(n) < n // 2
+    shadows = difficulty + rng.normal(0, 0.3, (k, n))  # OUT models: no lift
+    target = difficulty + rng.normal(0, 0.3, n) + np.where(member, 1.0, 0.0)
+    scores = lira_offline(target, shadows)
+    lira_auc, loss_auc = auc(scores[member], scores[~member]), auc(target[member], target[~member])
+    assert lira_auc > 0.95 and loss_auc < 0.65
+    assert tpr_at_fpr(scores[member], scores[~member], 0.01) > 0.5
+    assert tpr_at_fpr(target[member], target[~member], 0.01) < 0.1
+    # no lift, nothing to find: LiRA is at chance
+    null = difficulty + rng.normal(0, 0.3, n)
+    null_scores = lira_offline(null, shadows)
+    assert abs(auc(null_scores[member], null_scores[~member]) - 0.5) < 0.05

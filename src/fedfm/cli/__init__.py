@@ -1,5 +1,6 @@
 """The ``fedfm`` command line: ``fedfm run | config | report | predict | export | generate |
-synthesize | bench | serve | join | certs | dashboard``.
+synthesize | bench | serve | join | certs | dashboard | contrib | unlearn | verify | audit |
+screen``.
 
 Errors of the FedFMError hierarchy print one line and exit with code 2; ``--debug`` shows the
 traceback.
@@ -13,7 +14,7 @@ import signal
 import sys
 import threading
 
-from fedfm.cli import commands, governance
+from fedfm.cli import commands, governance, trust
 from fedfm.cli.parser import build_parser
 from fedfm.errors import FedFMError
 
@@ -31,6 +32,7 @@ COMMANDS = {
     "certs": commands.cmd_certs,
     "dashboard": commands.cmd_dashboard,
     **governance.COMMANDS,
+    **trust.COMMANDS,
 }
 
 

@@ -6,7 +6,7 @@ import argparse
 from importlib import metadata
 
 from fedfm.bench.scenarios import SCENARIOS
-from fedfm.cli import governance
+from fedfm.cli import governance, trust
 from fedfm.dashboard.server import DEFAULT_PORT
 
 EPILOG = """examples:
@@ -24,6 +24,8 @@ EPILOG = """examples:
   fedfm synthesize configs/fm4fl_gptfl.toml  GPT-FL data: generate, verify, write for review
   fedfm bench --quick --peers plain          fedfm against a plain PyTorch loop, in minutes
   fedfm verify runs/agnews-lora              check a run against its signed provenance log
+  fedfm audit runs/agnews-lora --shadows 4   membership inference (LiRA) on a run with privacy.audit
+  fedfm screen runs/teacher --texts to-label.txt   STRIP: is a teacher backdoored? (exit 1: yes)
   fedfm certs certs/                         test CA + server certificate for TLS
   fedfm serve configs/network.toml           serve an experiment to network clients
   fedfm dashboard runs/agnews-lora --port 8765   a live page of a run at http://127.0.0.1:8765/
@@ -351,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("run_dir", help="a run directory written by `fedfm run`")
     governance.add_parsers(sub)
+    trust.add_parsers(sub)
     for command in sub.choices.values():  # `fedfm run --debug` as well as `fedfm --debug run`
         command.add_argument(
             "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
