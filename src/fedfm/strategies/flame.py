@@ -10,8 +10,9 @@ enough to win the mean. FLAME answers both, in three steps over the round's delt
    norm ≤ S. An attacker cannot move S without being a majority.
 3. **Add noise.** The unweighted mean of the clipped deltas gets Gaussian noise of standard
    deviation σ = ``noise_lambda`` · S per coordinate, which washes out what is left of a
-   backdoor's small, precise changes. The paper's λ is 0.001 for image classification; the noise
-   is drawn from a generator seeded by (experiment seed, round), so a run is reproducible.
+   backdoor's small, precise changes (default λ = 0.001; a larger λ removes more and costs
+   accuracy: for LoRA r 8 on MiniLM, 75,268 shared values, λ = 0.001 is noise of norm ≈ 0.27 S).
+   The noise is drawn from a generator seeded by (experiment seed, round): a run is reproducible.
 
 Reports ``flame_admitted``, ``flame_clip_bound`` (S), ``flame_clipped`` and ``flame_noise_std``
 beside the robust rules' figures. With fewer than 3 updates there is no majority to find: all
