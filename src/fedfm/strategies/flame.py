@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.cluster import HDBSCAN
 
 from fedfm.config import check
 from fedfm.seeds import derive_seed
@@ -54,6 +53,8 @@ def majority_cluster(distances: np.ndarray) -> list[int]:
     n = distances.shape[0]
     if n < 3:
         return list(range(n))
+    from sklearn.cluster import HDBSCAN  # here: scikit-learn adds ~1 s to every `import fedfm`
+
     labels = HDBSCAN(
         min_cluster_size=n // 2 + 1,
         min_samples=1,
