@@ -39,6 +39,7 @@ from fedfm.fm4fl.ensemble import wrap as ensemble_distillation
 from fedfm.fm4fl.pseudo import apply_scarce_labels
 from fedfm.fm4fl.warmup import warm_up
 from fedfm.methods import METHODS, Method
+from fedfm.methods.offsite import Offsite, offsite_summary
 from fedfm.prepared import Prepared
 from fedfm.privacy.federated import ProtectedAggregation, client_transform
 from fedfm.privacy.mechanisms import mechanism
@@ -57,9 +58,22 @@ def build_method(config: ExperimentConfig) -> Method:
     return METHODS.build(config.method)
 
 
-def build_task(config: ExperimentConfig, label_names: tuple[str, ...]) -> Task:
-    """The task of ``config`` around its method-adapted base model."""
-    return TASKS.get(config.task.type).from_config(config, build_method(config), label_names)
+def build_task(
+    config: ExperimentConfig, label_names: tuple[str, ...], emulator: bool = False
+) -> Task:
+    """The task of ``config`` around its method-adapted base model. Offsite-tuning: the full
+    model with trainable ends (the server's), or with ``emulator`` the clients' emulator."""
+    method = build_method(config)
+    if config.federation.mode == "offsite":
+        o = config.offsite
+        method = Offsite(method, o.keep_layers, o.drop_every, emulator, config.model.name)
+    return TASKS.get(config.task.type).from_config(config, method, label_names)
+
+
+def _add_emulator(p: Prepared) -> None:
+    """Offsite-tuning: the clients train the emulator; the server keeps the full model."""
+    p.client_task = build_task(p.config, p.test.label_names, emulator=True)
+    p.offsite = offsite_summary(p.task.method.report, len(p.partition.client_ids))
 
 
 def _eval_rows(config: ExperimentConfig, test) -> np.ndarray:
@@ -98,6 +112,8 @@ def prepare(config: ExperimentConfig) -> Prepared:
         model_loaded_at=loaded,
         dedup=reports.get("dedup"),
     )
+    if config.federation.mode == "offsite":
+        _add_emulator(prepared)
     if config.data.labelled_fraction < 1:
         prepared.fm4fl["scarce_labels"] = apply_scarce_labels(prepared)
     if config.warmup.source != "none":
@@ -138,7 +154,7 @@ def prepare_server(config: ExperimentConfig, client_ids: Sequence[str]) -> Prepa
     test_tokens = task.tokenize(test) if len(test) else None
     empty = [np.zeros(0, dtype=np.int64) for _ in client_ids]
     part = Partition(list(client_ids), empty, notes=["network: every client holds its own data"])
-    return Prepared(
+    prepared = Prepared(
         config,
         test,
         test,
@@ -150,6 +166,9 @@ def prepare_server(config: ExperimentConfig, client_ids: Sequence[str]) -> Prepa
         time.perf_counter() - t0,
         model_loaded_at=loaded,
     )
+    if config.federation.mode == "offsite":
+        _add_emulator(prepared)
+    return prepared
 
 
 def _prepare_attack(p: Prepared) -> None:
@@ -235,7 +254,7 @@ def client_app(p: Prepared, client_ids: Sequence[str], federation=None) -> tuple
         from fedfm.privacy.local import LocalDP  # imports opacus: only dp = 'local' loads it
 
         local_dp = LocalDP.for_clients(c.privacy, federation or c.federation, data)
-    app = _client_app(c, p.task, data, positions, local_dp)
+    app = _client_app(c, p.client_task or p.task, data, positions, local_dp)
     app.held_out = held_out
     if c.privacy.audit:  # the audit's members: the rows clients actually trained on
         app.trainer.seen = {}
@@ -266,7 +285,7 @@ def node_app(
     table = kind.load_client_rows(config, Path(train_file), "--data")
     if len(table) < 1:
         raise DataError(f"--data {str(train_file)!r} has no rows")
-    task = build_task(config, tuple(config.data.labels) or table.label_names)
+    task = build_task(config, tuple(config.data.labels) or table.label_names, emulator=True)
     rows = ClientData(task.tokenize(table), table.labels, np.arange(len(table)))
     positions = {client_id: client_index}  # the server's index: same seeds as in simulation
     data, held_out = _hold_out(config, {client_id: rows}, positions)
@@ -334,6 +353,10 @@ def evaluator(p: Prepared, rows: np.ndarray | None):
             tokens, labels = p.triggered
             target = np.full(len(labels), p.attack.target, dtype=labels.dtype)
             metrics["attack_success_rate"] = p.task.evaluate(tokens, target)["accuracy"]
+        if p.client_task is not None:  # offsite: the emulator's figures beside the full model's
+            p.client_task.set_state(state)
+            emulated = p.client_task.evaluate(p.test_tokens, p.test.labels, rows)
+            metrics.update({f"emulator_{k}": v for k, v in emulated.items()})
         return metrics
 
     return evaluate

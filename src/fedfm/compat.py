@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fedfm.config import ExperimentConfig
 from fedfm.errors import ConfigError
+from fedfm.methods import METHODS
 from fedfm.privacy.mechanisms import mechanism
 from fedfm.strategies import STRATEGIES
 from fedfm.tasks import TASKS
@@ -63,6 +64,12 @@ def check_compatible(config: ExperimentConfig) -> None:
         raise ConfigError(
             f"governance.dedup = {dedup!r} compares documents, and task.type = {task!r} trains on "
             "packed blocks of them; use governance.dedup = 'off' with this task"
+        )
+    if config.federation.mode == "offsite" and not METHODS.of(config.method).tunes_layers:
+        raise ConfigError(
+            f"method.type = {config.method.plugin_name!r} is not allowed with federation.mode = "
+            f"'offsite'; allowed: {' | '.join(METHODS.names(lambda m: m.tunes_layers))} (offsite "
+            "trains the end layers, and this method trains none)"
         )
     if config.warmup.ensemble_steps and strategy.asynchronous:
         raise ConfigError(

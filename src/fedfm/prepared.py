@@ -40,3 +40,5 @@ class Prepared:
     dedup: dict[str, Any] | None = None  # [governance] dedup: the report for dedup.json
     all_rows: Partition | None = None  # scarce labels: every row the clients hold
     labelled_rows: list[np.ndarray] | None = None  # scarce labels: the rows with a true label
+    client_task: Task | None = None  # offsite: the clients' emulator (None: the clients train task)
+    offsite: dict[str, Any] | None = None  # offsite: the sizes of the full model and emulator

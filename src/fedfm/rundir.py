@@ -200,6 +200,7 @@ def summary_base(p: Prepared, run_dir: Path) -> dict[str, Any]:
         "total_params": total,
         "startup_seconds": round(p.startup_seconds, 3),
         **({"fm4fl": p.fm4fl} if p.fm4fl else {}),
+        **({"offsite": p.offsite} if p.offsite else {}),
         **(
             {"dedup_pairs": p.dedup["pairs"], "dedup_dropped_rows": p.dedup["rows_dropped"]}
             if p.dedup is not None
@@ -265,7 +266,12 @@ def _final_figures(p: Prepared, rows: list[dict[str, Any]]) -> dict[str, float]:
     """The final figures: the server's whole (``data.test_rows``) test set, or, when only the
     clients evaluate, their last evaluation (every client's held-out rows)."""
     if p.config.evaluation.on_server:
-        return p.task.evaluate(p.test_tokens, p.test.labels)
+        figures = p.task.evaluate(p.test_tokens, p.test.labels)
+        if p.client_task is not None:  # offsite: the emulator with the same tuned ends
+            p.client_task.set_state(p.task.get_state())
+            emulated = p.client_task.evaluate(p.test_tokens, p.test.labels)
+            figures["emulator_accuracy"] = emulated["accuracy"]
+        return figures
     last = rows[-1] if rows else {}
     figures = {k.removeprefix("client_"): v for k, v in last.items() if k.startswith("client_")}
     return {
@@ -357,6 +363,11 @@ def _drive(
         "final_accuracy": final["accuracy"],
         "final_loss": final["loss"],
         **({"final_perplexity": final["perplexity"]} if "perplexity" in final else {}),
+        **(
+            {"final_emulator_accuracy": final["emulator_accuracy"]}
+            if "emulator_accuracy" in final
+            else {}
+        ),
         **p.task.test_counts(p.test),
         "rounds": c.federation.rounds,
         "total_seconds": round(fed.totals["seconds"], 3),

@@ -21,6 +21,7 @@ from fedfm.config.checks import check, check_choice
 from fedfm.config.experiment import CAUSAL_LM_LORA_TARGETS, ExperimentConfig
 from fedfm.config.fm4fl import SyntheticConfig, TeacherConfig, WarmupConfig
 from fedfm.config.governance import GovernanceConfig
+from fedfm.config.offsite import OffsiteConfig
 from fedfm.config.parse import (
     apply_overrides,
     build_dataclass,
@@ -59,6 +60,7 @@ __all__ = [
     "LimitsConfig",
     "LoggingConfig",
     "ModelConfig",
+    "OffsiteConfig",
     "PartitionConfig",
     "PluginsConfig",
     "PrivacyConfig",

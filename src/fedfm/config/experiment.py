@@ -10,6 +10,7 @@ from typing import Any
 from fedfm.config.checks import check, registry
 from fedfm.config.fm4fl import SyntheticConfig, TeacherConfig, WarmupConfig
 from fedfm.config.governance import GovernanceConfig
+from fedfm.config.offsite import OffsiteConfig
 from fedfm.config.sections import (
     CodecConfig,
     DataConfig,
@@ -93,6 +94,7 @@ class ExperimentConfig:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     method: Any = field(default_factory=_method_spec_default)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    offsite: OffsiteConfig = field(default_factory=OffsiteConfig)
     strategy: Any = field(default_factory=_strategy_spec_default)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
@@ -126,7 +128,7 @@ class ExperimentConfig:
                 self.evaluation.where,
                 "'server' unless federation.mode = 'federated' (clients evaluate their own rows)",
             )
-        if self.federation.mode == "federated" and self.partition.clients:
+        if self.federation.mode in ("federated", "offsite") and self.partition.clients:
             check(
                 self.federation.clients_per_round <= self.partition.clients,
                 "federation.clients_per_round",
@@ -145,6 +147,7 @@ SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "partition": PartitionConfig,
     "federation": FederationConfig,
+    "offsite": OffsiteConfig,
     "runtime": RuntimeConfig,
     "codec": CodecConfig,
     "privacy": PrivacyConfig,

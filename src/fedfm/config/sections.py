@@ -160,7 +160,7 @@ class PartitionConfig:
 class FederationConfig:
     """The round loop's budget and the clients' local training."""
 
-    mode: str = "federated"  # federated | centralized | standalone
+    mode: str = "federated"  # federated | centralized | standalone | offsite ([offsite])
     rounds: int = 20  # federated rounds
     clients_per_round: int = 5  # clients selected (seeded) each round
     local_steps: int = 10  # optimizer steps each selected client takes per round
@@ -177,7 +177,9 @@ class FederationConfig:
     )
 
     def __post_init__(self) -> None:
-        check_choice("federation.mode", self.mode, ["federated", "centralized", "standalone"])
+        check_choice(
+            "federation.mode", self.mode, ["federated", "centralized", "standalone", "offsite"]
+        )
         check(self.rounds >= 1, "federation.rounds", self.rounds, "≥ 1")
         check(
             self.clients_per_round >= 1,

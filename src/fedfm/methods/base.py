@@ -20,6 +20,9 @@ class Method:
     Spec: ClassVar[type]
     #: True when :meth:`wrap` returns a peft model, saved in the HF peft adapter format.
     is_peft: ClassVar[bool] = False
+    #: True when every tensor the method trains lies inside the transformer layers (or the
+    #: whole model trains): offsite-tuning can then restrict it to the end layers.
+    tunes_layers: ClassVar[bool] = False
 
     def __init__(self, spec) -> None:
         self.spec = spec

@@ -17,6 +17,7 @@ class Full(Method):
     """Every parameter is shared; the baseline that parameter-efficient methods are measured against."""
 
     Spec = FullSpec
+    tunes_layers = True
 
     def wrap(self, encoder):
         for p in encoder.parameters():

@@ -153,6 +153,7 @@ class Lora(Method):
 
     Spec = LoraSpec
     is_peft = True
+    tunes_layers = True
 
     def client_preparer(self, positions: Mapping[str, int]):
         """With ``client_ranks``: each client starts from the global factors cut to its rank."""
