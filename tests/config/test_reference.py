@@ -57,7 +57,9 @@ def test_defaults_allowed_values_and_meanings_come_from_the_code():
         assert repr(name) in keys["strategy.name"].allowed
     assert "'zlib'" in keys["codec.down"].allowed
     # check_choice lists and check's allowed text
-    assert keys["federation.mode"].allowed == "'federated' | 'centralized' | 'standalone'"
+    assert (
+        keys["federation.mode"].allowed == "'federated' | 'centralized' | 'standalone' | 'offsite'"
+    )
     assert keys["data.max_length"].allowed == "8 … 8192"
     # comments beside and above a field
     assert keys["federation.local_epochs"].meaning.startswith("> 0 replaces local_steps")

@@ -55,9 +55,9 @@ def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
     children are all of one class (``encoder.layer`` of BERT, ``model.layers`` of Llama)."""
     best: tuple[str, nn.ModuleList] | None = None
     for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) >= 2:
-            if len({type(m) for m in module}) == 1 and (best is None or len(module) > len(best[1])):
-                best = (name, module)
+        uniform = isinstance(module, nn.ModuleList) and len({type(m) for m in module}) == 1
+        if uniform and len(module) >= 2 and (best is None or len(module) > len(best[1])):
+            best = (name, module)
     if best is None:
         raise ConfigError(
             f"federation.mode = 'offsite' needs a model with a stack of transformer layers; "
