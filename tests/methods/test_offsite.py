@@ -141,3 +141,66 @@ def test_plug_in_model_is_the_full_model_with_the_tuned_ends(prepared):
     assert unexpected == [] and not set(tuned) & set(missing)
     assert torch.allclose(plug_in, hand(ids, mask), atol=1e-5)
     assert not torch.allclose(plug_in, emulated, atol=1e-3)
+
+
+# ---- decoders: a tiny 6-layer Llama with SmolLM2's tokenizer, instruction tuning ---------------
+
+
+@pytest.fixture(scope="module")
+def six_layer_lm(tokenizer, tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    out = tmp_path_factory.mktemp("six-layer-lm")
+    LlamaForCausalLM(config).save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+def test_causal_lm_offsite_run_trains_lora_on_the_end_layers(six_layer_lm, tmp_path):
+    import fedfm
+    from fedfm.config import load_config
+
+    question = "Which topic is this news about? Answer with one word."
+    config = load_config(
+        None,
+        [
+            "task.type=causal_lm",
+            f"task.instruction={question!r}",
+            "task.max_new_tokens=4",
+            f"model.name={str(six_layer_lm)!r}",
+            "data.train_rows=48",
+            "data.test_rows=12",
+            "data.eval_rows=8",
+            "data.max_length=64",
+            "partition.clients=2",
+            "federation.clients_per_round=2",
+            "federation.rounds=2",
+            "federation.local_steps=2",
+            "federation.batch_size=4",
+            "federation.lr=1e-3",
+            "runtime.threads=1",
+            "federation.mode=offsite",
+            "offsite.keep_layers=1",
+        ],
+    )
+    result = fedfm.run(config, out=tmp_path)
+    s = result.summary
+    assert s["offsite"]["emulator_layers"] == [0, 1, 3, 5]
+    # LoRA r=8 on q (32→32) and v (32→16) of layers 0 and 5 only
+    assert s["trainable_params"] == 2 * ((8 * 32 + 32 * 8) + (8 * 32 + 16 * 8))
+    assert "final_emulator_accuracy" in s and s["final_accuracy"] is not None
+    assert all("emulator_perplexity" in r for r in result.metrics)
