@@ -9,7 +9,9 @@ import pytest
 
 from fedfm.assemble import prepare
 from fedfm.cli import main
+from fedfm.compat import check_network
 from fedfm.config import load_config
+from fedfm.errors import ConfigError
 from tests.conftest import TINY
 
 OFFSITE = ["federation.mode=offsite", "method.type=full", "offsite.keep_layers=1"]
@@ -45,6 +47,16 @@ def test_bad_offsite_settings_are_one_line_and_exit_2(capsys, tmp_path, override
     assert err.startswith("fedfm: error: ") and message in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_offsite_is_refused_over_the_network(tmp_path):
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("c0 secret\n")
+    config = load_config(
+        None, [*OFFSITE, "runtime.type=grpc", f"server.tokens_file={str(tokens)!r}"]
+    )
+    with pytest.raises(ConfigError, match="only 'federated' runs over the network .fedfm join"):
+        check_network(config)
 
 
 def test_offsite_run_tunes_the_ends_and_the_plug_in_model_learns(tmp_path):

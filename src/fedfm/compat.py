@@ -88,8 +88,10 @@ def check_network(config: ExperimentConfig) -> None:
             "(one 'client_id token' per line)"
         )
     if config.federation.mode != "federated":
+        why = {"offsite": " (fedfm join would load the full model the server withholds)"}
         raise ConfigError(
-            f"federation.mode = {config.federation.mode!r}: only 'federated' runs over the network"
+            f"federation.mode = {config.federation.mode!r}: only 'federated' runs over the "
+            f"network{why.get(config.federation.mode, '')}"
         )
     needs_root = STRATEGIES.of(config.strategy).needs_root_update
     name = config.strategy.plugin_name
