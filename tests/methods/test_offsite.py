@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.tasks.test_lm import tiny_pretrain
 from torch import nn
 
+import fedfm
 from fedfm.assemble import prepare
 from fedfm.client.app import ClientApp, ClientData, ClientTask
 from fedfm.client.trainer import Trainer
 from fedfm.codecs import CodecContext, Pipeline
 from fedfm.codecs.wire import unpack
+from fedfm.config import load_config
 from fedfm.errors import ConfigError
 from fedfm.methods.offsite import IndexedLayers, check_layers, emulator_layers
 from fedfm.state import FitInstructions
@@ -171,9 +174,6 @@ def six_layer_lm(tokenizer, tmp_path_factory):
 
 
 def test_causal_lm_offsite_run_trains_lora_on_the_end_layers(six_layer_lm, tmp_path):
-    import fedfm
-    from fedfm.config import load_config
-
     question = "Which topic is this news about? Answer with one word."
     config = load_config(
         None,
@@ -204,3 +204,14 @@ def test_causal_lm_offsite_run_trains_lora_on_the_end_layers(six_layer_lm, tmp_p
     assert s["trainable_params"] == 2 * ((8 * 32 + 32 * 8) + (8 * 32 + 16 * 8))
     assert "final_emulator_accuracy" in s and s["final_accuracy"] is not None
     assert all("emulator_perplexity" in r for r in result.metrics)
+
+
+def test_lm_pretraining_offsite_run_trains_the_end_layers_fully(tiny_lm, tmp_path):
+    overrides = [*tiny_pretrain(tiny_lm), "model.layers=6", "federation.rounds=2"]
+    config = load_config(None, [*overrides, "federation.mode=offsite", "offsite.keep_layers=1"])
+    result = fedfm.run(config, out=tmp_path)
+    s = result.summary
+    assert s["offsite"]["emulator_layers"] == [0, 1, 3, 5] and s["offsite"]["layers"] == 6
+    layer = s["offsite"]["middle_params"] // 4  # the middle is 4 layers of one shape
+    assert s["trainable_params"] == 2 * layer  # layers 0 and 5, nothing else
+    assert all(r["perplexity"] and r["emulator_perplexity"] for r in result.metrics)

@@ -96,3 +96,21 @@ def test_language_model_pretraining_on_ray_equals_the_simulation(tiny_lm, tmp_pa
     assert [r["perplexity"] for r in ray_run.metrics] == [r["perplexity"] for r in sim.metrics]
     assert ray_run.summary["final_perplexity"] == sim.summary["final_perplexity"]
     assert ray_run.summary["tokens_per_client"] == sim.summary["tokens_per_client"]
+
+
+def test_offsite_on_ray_equals_the_simulation(tiny_config, tmp_path):
+    """federation.mode = 'offsite': each actor trains its clients on its own emulator; the
+    driver scores the plug-in model and the emulator, as in-process."""
+    base = [
+        "federation.mode=offsite",
+        "method.type=full",
+        "offsite.keep_layers=1",
+        "federation.lr=1e-4",
+        "runtime.threads=1",
+    ]
+    sim = run(tiny_config(*base, "name=sim"), out=tmp_path / "sim")
+    ray_run = run(tiny_config(*base, "name=ray", "runtime.type=ray", *RAY), out=tmp_path / "ray")
+    assert [r["bytes_up"] for r in ray_run.metrics] == [r["bytes_up"] for r in sim.metrics]
+    assert [r["loss"] for r in ray_run.metrics] == [r["loss"] for r in sim.metrics]
+    assert ray_run.final_accuracy == sim.final_accuracy
+    assert ray_run.summary["final_emulator_accuracy"] == sim.summary["final_emulator_accuracy"]
