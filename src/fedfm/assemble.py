@@ -28,6 +28,7 @@ import torch
 
 from fedfm.attacks import ATTACKS, malicious_clients
 from fedfm.client.app import ClientApp, ClientData
+from fedfm.client.personal import PERSONALIZERS
 from fedfm.client.trainer import Trainer, derive_seed
 from fedfm.codecs import Pipeline
 from fedfm.compat import check_compatible
@@ -58,8 +59,15 @@ def build_method(config: ExperimentConfig) -> Method:
 
 
 def build_task(config: ExperimentConfig, label_names: tuple[str, ...]) -> Task:
-    """The task of ``config`` around its method-adapted base model."""
-    return TASKS.get(config.task.type).from_config(config, build_method(config), label_names)
+    """The task of ``config`` around its method-adapted base model, with the ``[personalize]``
+    rule attached (it decides which trainable tensors stay on clients: not in the state)."""
+    task = TASKS.get(config.task.type).from_config(config, build_method(config), label_names)
+    personalizer = PERSONALIZERS.get(config.personalize.method)(config.personalize)
+    with torch.random.fork_rng():  # a private LoRA's init: seeded, the caller's stream untouched
+        torch.manual_seed(derive_seed(config.seed, 0xD1))
+        personalizer.attach(task)
+    task.personalizer = personalizer
+    return task
 
 
 def _eval_rows(config: ExperimentConfig, test) -> np.ndarray:

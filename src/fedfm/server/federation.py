@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fedfm.client.app import ClientTask, read_view_round, view_meta
+from fedfm.client.personal import personal_figures
 from fedfm.client.secure import secure_round_metrics
 from fedfm.codecs import CodecContext, Pipeline, evaluation, peer_seed
 from fedfm.codecs.wire import pack_groups
@@ -247,9 +248,11 @@ class Federation:
             if self.evaluate_on_clients:
                 client_eval = self.client_evaluation(rnd, state, everyone=rnd == self.rounds)
                 if self.evaluate is None:  # the clients' figures are the round's figures
+                    own = client_eval.get("client_accuracy") is None  # no global model to score
+                    key = "client_personal_" if own else "client_"
                     metrics = {
-                        "accuracy": client_eval["client_accuracy"],
-                        "loss": client_eval["client_loss"],
+                        "accuracy": client_eval.get(f"{key}accuracy"),
+                        "loss": client_eval.get(f"{key}loss"),
                     }
         self.totals["bytes_up"] += bytes_up
         self.totals["bytes_down"] += bytes_down
@@ -352,6 +355,7 @@ class Federation:
         out["client_eval"] = {
             c: {**results[c][1], "examples": results[c][0]} for c in chosen if c in results
         }
+        out.update(personal_figures({c: m for c, (_, m) in results.items()}))
         return out
 
     def _sync_source(self):
