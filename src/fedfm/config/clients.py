@@ -11,20 +11,13 @@ from fedfm.config.checks import check, check_choice, registry
 
 @dataclass(frozen=True)
 class PersonalizeConfig:
-    """Personalised federated learning. ``method``:
-
-    * ``none``: every client uses the global model;
-    * ``local_head`` (FedPer): the classifier head is trained and kept by each client, never sent;
-    * ``ditto`` (Li et al. 2021): each client also trains a whole personal copy of the shared
-      tensors, pulled towards the global model with strength ``ditto_lambda``;
-    * ``local_norm`` (FedBN): the encoder's normalisation layers train and stay on each client;
-    * ``private_lora`` (FedDPA-style): a second LoRA of rank ``private_r`` beside the shared one
-      trains and stays on each client.
-
-    What stays on a client is kept per client: in a simulated run on disk in
-    ``<run_dir>/personal/`` (one small file per client, never all in memory), so it survives
-    ``--resume``. Personalised figures need each client's held-out rows:
-    ``[evaluation] where = "clients"`` (or ``"both"``) and ``client_split > 0``."""
+    """Personalised federated learning: which part of the model each client keeps for itself
+    (``method``; see ``docs/clients.md``). ``local_head`` is FedPer (the head stays), ``ditto``
+    trains a personal copy pulled towards the global model by ``ditto_lambda``, ``local_norm`` is
+    FedBN (the LayerNorms stay), ``private_lora`` adds a private LoRA of rank ``private_r`` beside
+    the shared one. What stays is kept per client, in a simulated run on disk in
+    ``<run_dir>/personal/`` (so it survives ``--resume``). Personalised figures need
+    ``[evaluation] where = "clients"`` and ``client_split > 0``."""
 
     method: str = "none"  # none | local_head | ditto | local_norm | private_lora
     ditto_lambda: float = 0.1  # ditto: pull of each personal model towards the global one
