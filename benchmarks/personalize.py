@@ -7,7 +7,7 @@ repository root, after ``make install``:
 Scenarios:
 
 * ``agnews``: AG News, 12,000 training rows dealt by Dirichlet(0.1) over 10 clients (strong
-  label skew), 5 clients a round, 8 rounds of 10 local steps (batch 32), MiniLM + LoRA r 8;
+  label skew), 5 clients a round, 6 rounds of 10 local steps (batch 16, 48 tokens), MiniLM + LoRA r 8;
 * ``debian``: Debian package descriptions, one client per maintaining team (natural clients,
   label and feature skew), 8 clients a round, same budget.
 
@@ -45,10 +45,10 @@ from fedfm.data.tokens import cache_dir  # noqa: E402
 COMMON = [
     "evaluation.where=clients",
     "evaluation.client_split=0.2",
-    "federation.rounds=8",
+    "federation.rounds=6",
     "federation.local_steps=10",
-    "federation.batch_size=32",
-    "federation.eval_every=4",
+    "federation.batch_size=16",
+    "federation.eval_every=3",
     "governance.provenance=false",
     "runtime.threads=1",  # shares the machine's two cores without oversubscribing them
 ]
@@ -56,7 +56,7 @@ SCENARIOS = {
     "agnews": (
         None,
         [
-            "data.max_length=64",
+            "data.max_length=48",
             "data.train_rows=12000",
             "partition.scheme=dirichlet",
             "partition.alpha=0.1",
@@ -66,7 +66,7 @@ SCENARIOS = {
     ),
     "debian": (
         ROOT / "configs/debian_maintainers.toml",
-        ["data.max_length=64", "federation.clients_per_round=8", "strategy.name=fedavg"],
+        ["data.max_length=48", "federation.clients_per_round=8", "strategy.name=fedavg"],
     ),
 }
 SYSTEMS = {
