@@ -28,6 +28,7 @@ import torch
 
 from fedfm.attacks import ATTACKS, malicious_clients
 from fedfm.client.app import ClientApp, ClientData
+from fedfm.client.personal import PERSONALIZERS
 from fedfm.client.trainer import Trainer, derive_seed
 from fedfm.codecs import Pipeline
 from fedfm.compat import check_compatible
@@ -61,13 +62,21 @@ def build_method(config: ExperimentConfig) -> Method:
 def build_task(
     config: ExperimentConfig, label_names: tuple[str, ...], emulator: bool = False
 ) -> Task:
-    """The task of ``config`` around its method-adapted base model. Offsite-tuning: the full
-    model with trainable ends (the server's), or with ``emulator`` the clients' emulator."""
+    """The task of ``config`` around its method-adapted base model, with the ``[personalize]``
+    rule attached (it decides which trainable tensors stay on clients: not in the state).
+    Offsite-tuning: the full model with trainable ends (the server's), or with ``emulator`` the
+    clients' emulator."""
     method = build_method(config)
     if config.federation.mode == "offsite":
         o = config.offsite
         method = Offsite(method, o.keep_layers, o.drop_every, emulator, config.model.name)
-    return TASKS.get(config.task.type).from_config(config, method, label_names)
+    task = TASKS.get(config.task.type).from_config(config, method, label_names)
+    personalizer = PERSONALIZERS.get(config.personalize.method)(config.personalize)
+    with torch.random.fork_rng():  # a private LoRA's init: seeded, the caller's stream untouched
+        torch.manual_seed(derive_seed(config.seed, 0xD1))
+        personalizer.attach(task)
+    task.personalizer = personalizer
+    return task
 
 
 def _add_emulator(p: Prepared) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fedfm import assemble
+from fedfm.client.personal import PersonalStore
 from fedfm.config import ExperimentConfig
 from fedfm.errors import ResumeError
 from fedfm.metrics.sinks import ConsoleSink, JsonlSink, Sink, report_sinks
@@ -101,6 +102,8 @@ def in_process_federation(
         clients_per_round = 1
     fed_cfg = assemble.with_local_steps(c, local_steps)
     app, local_dp = assemble.client_app(p, client_ids, fed_cfg)
+    if run_dir is not None:  # what clients keep for themselves, one file each: survives resume
+        app.store = PersonalStore(run_dir / "personal")
     strategy = assemble.build_strategy(p, len(client_ids), fed_cfg, local_dp)
     runtime = RUNTIMES.get(c.runtime.type)(app, config=c)
     return assemble.federation(

@@ -274,6 +274,8 @@ def _final_figures(p: Prepared, rows: list[dict[str, Any]]) -> dict[str, float]:
         return figures
     last = rows[-1] if rows else {}
     figures = {k.removeprefix("client_"): v for k, v in last.items() if k.startswith("client_")}
+    if figures.get("accuracy") is None:  # no global model (personalize.method = 'local_head')
+        figures = {k.removeprefix("personal_"): v for k, v in figures.items()}
     return {
         "accuracy": figures.get("accuracy"),
         "loss": figures.get("loss"),
@@ -290,6 +292,11 @@ def _client_evaluation_summary(c: ExperimentConfig, rows: list[dict[str, Any]]) 
         "final_client_accuracy": last.get("client_accuracy"),
         "final_client_loss": last.get("client_loss"),
         "final_client_eval": last.get("client_eval", {}),
+        **{
+            k: v
+            for k, v in last.items()
+            if k.startswith(("personal_accuracy_", "global_accuracy_"))
+        },
         "client_eval_bytes_up_total": sum(r.get("client_eval_bytes_up", 0) for r in rows),
         "client_eval_bytes_down_total": sum(r.get("client_eval_bytes_down", 0) for r in rows),
     }

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedfm.client.personal import PersonalStore
+from fedfm.client.personalizers import NoPersonalization
 from fedfm.client.secure import secure_vector, secure_weight
 from fedfm.codecs import CodecContext, Pipeline, evaluation, peer_seed
 from fedfm.codecs.wire import validate_state
@@ -152,6 +154,10 @@ class ClientApp:
         self.transforms: list = []
         # Federated evaluation: each client's held-out rows (``evaluation.client_split``).
         self.held_out: dict[str, ClientData] = {}
+        # ``[personalize]``: the rule (attached to the task when it was built) and where each
+        # client's own part is kept (in memory unless a run directory gives it a folder).
+        self.personal = trainer.task.personalizer or NoPersonalization(None)
+        self.store = PersonalStore()
 
     def _receive(self, round: int, payload: bytes) -> State:
         # Equal bytes, not only the same object: Ray actors and network clients get copies, and
@@ -175,7 +181,10 @@ class ClientApp:
         start = state
         for prepare in self.prepare:
             start = prepare(task.client_id, index, instr.round, start)
-        update = self.trainer.fit(task.client_id, index, start, self.data[task.client_id], instr)
+        data = self.data[task.client_id]
+        update = self.personal.fit(
+            self.trainer, task.client_id, index, start, data, instr, self.store
+        )
         for transform in self.transforms:
             update.state = transform(task.client_id, instr.round, update.state, state)
         memory = self.memory.setdefault(task.client_id, {})
@@ -205,8 +214,8 @@ class ClientApp:
             )
         rnd = task.instructions.round
         model = self.trainer.task
-        model.set_state(evaluation.unpack_request(task.payload, self.template, rnd))
-        metrics = model.evaluate(rows.tokens, rows.labels, rows.rows)
+        state = evaluation.unpack_request(task.payload, self.template, rnd)
+        metrics = self.personal.evaluate(model, task.client_id, rnd, state, rows, self.store)
         return evaluation.pack_result(task.client_id, rnd, len(rows), metrics)
 
     def secure_input(self, task: ClientTask, uniform_weights: bool) -> np.ndarray:

@@ -66,17 +66,26 @@ class Trainer:
         return torch.optim.AdamW(params, lr=lr, weight_decay=self.weight_decay)
 
     def fit(
-        self, client_id: str, client_index: int, state: State, data, instructions: FitInstructions
+        self,
+        client_id: str,
+        client_index: int,
+        state: State,
+        data,
+        instructions: FitInstructions,
+        anchor: State | None = None,
     ) -> Update:
-        """Train ``instructions.local_steps`` steps on ``data`` starting from ``state``."""
+        """Train ``instructions.local_steps`` steps on ``data`` starting from ``state``; the
+        proximal term (``proximal_mu``) pulls towards ``anchor`` (default: ``state``). The
+        task's personal tensors, if any, train too (they are not in the update)."""
         task = self.task
         task.set_state(state)
         params = list(task.shared.values())
-        opt = self._make_optimizer(params, instructions.lr)
+        opt = self._make_optimizer(task.trainable(), instructions.lr)
         seed = derive_seed(self.seed, instructions.round, client_index)
         torch.manual_seed(seed)  # dropout masks
         rng = np.random.default_rng(seed)
-        anchor = [state[n] for n in task.shared] if instructions.proximal_mu > 0 else None
+        towards = state if anchor is None else anchor
+        pull = [towards[n] for n in task.shared] if instructions.proximal_mu > 0 else None
         task.model.train()
         losses = []
         lengths = data.tokens.lengths()
@@ -92,9 +101,9 @@ class Trainer:
                 opt,
                 batch_size=min(instructions.batch_size, len(data)),  # what data.batches yields
                 seed=seed,
-                proximal=None if anchor is None else (anchor, instructions.proximal_mu),
+                proximal=None if pull is None else (pull, instructions.proximal_mu),
             )
-            anchor = None  # added after the noise by the DP optimizer, not through the loss
+            pull = None  # added after the noise by the DP optimizer, not through the loss
         with private as opt:
             for step, rows in enumerate(batches):
                 loss = task.loss(data.tokens, data.labels, rows)
@@ -104,8 +113,8 @@ class Trainer:
                         f"client {client_id} round {instructions.round} step {step + 1}: the loss is {value}; "
                         "lower federation.lr or use precision = 'fp32'"
                     )
-                if anchor is not None:
-                    prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
+                if pull is not None:
+                    prox = sum(((p - a) ** 2).sum() for p, a in zip(params, pull, strict=True))
                     loss = loss + 0.5 * instructions.proximal_mu * prox
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -79,6 +79,10 @@ def unpack_result(payload: bytes, client_id: str, round: int) -> tuple[int, dict
         ):
             raise ProtocolError(f"evaluation metric {str(key)[:64]!r} = {value!r} is not allowed")
         out[key] = float(value)
-    if "accuracy" not in out or not 0 <= out["accuracy"] <= 1:
+    # The global model's accuracy, or only the client's own model's (a personalised run
+    # without a global model); every accuracy lies in [0, 1].
+    if not ({"accuracy", "personal_accuracy"} & set(out)) or any(
+        not 0 <= v <= 1 for k, v in out.items() if k.endswith("accuracy")
+    ):
         raise ProtocolError("an evaluation result needs an accuracy between 0 and 1")
     return n, out

@@ -18,6 +18,7 @@ imports a plug-in package (they import the config); it reads :data:`fedfm.regist
 """
 
 from fedfm.config.checks import check, check_choice
+from fedfm.config.clients import PersonalizeConfig
 from fedfm.config.experiment import CAUSAL_LM_LORA_TARGETS, ExperimentConfig
 from fedfm.config.fm4fl import SyntheticConfig, TeacherConfig, WarmupConfig
 from fedfm.config.governance import GovernanceConfig
@@ -54,6 +55,7 @@ __all__ = [
     "CodecConfig",
     "DataConfig",
     "EvaluationConfig",
+    "PersonalizeConfig",
     "ExperimentConfig",
     "FederationConfig",
     "GovernanceConfig",

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedfm.config.checks import check, registry
+from fedfm.config.clients import PersonalizeConfig
 from fedfm.config.fm4fl import SyntheticConfig, TeacherConfig, WarmupConfig
 from fedfm.config.governance import GovernanceConfig
 from fedfm.config.offsite import OffsiteConfig
@@ -82,6 +83,27 @@ def _strategy_spec_default() -> Any:
     return registry("strategy").get("fedavg").Spec()
 
 
+def _check_personalize(config: ExperimentConfig) -> None:
+    """A ``[personalize]`` rule fits the run: federated, no example-level DP, and the rule's
+    own conditions (e.g. ``local_head`` needs a task with a head)."""
+    method = config.personalize.method
+    if method == "none":
+        return
+    check(
+        config.federation.mode == "federated",
+        "personalize.method",
+        method,
+        "'none' unless federation.mode = 'federated'",
+    )
+    check(
+        config.privacy.dp != "local",
+        "privacy.dp",
+        config.privacy.dp,
+        f"'none', 'central' or 'distributed' with personalize.method = {method!r}",
+    )
+    registry("personalizer").get(method).check_config(config)
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """A whole experiment; ``ExperimentConfig()`` is the built-in default."""
@@ -107,6 +129,7 @@ class ExperimentConfig:
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    personalize: PersonalizeConfig = field(default_factory=PersonalizeConfig)
     governance: GovernanceConfig = field(default_factory=GovernanceConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
@@ -121,6 +144,7 @@ class ExperimentConfig:
         check(0 <= self.seed < 2**32, "seed", self.seed, "0 … 2**32 − 1")
         registry("task").get(self.task.type).check_config(self)  # the task's own rules
         _check_fm4fl(self)
+        _check_personalize(self)
         if self.evaluation.on_clients:
             check(
                 self.federation.mode == "federated",
@@ -159,6 +183,7 @@ SECTIONS: dict[str, type] = {
     "warmup": WarmupConfig,
     "synthetic": SyntheticConfig,
     "evaluation": EvaluationConfig,
+    "personalize": PersonalizeConfig,
     "governance": GovernanceConfig,
     "logging": LoggingConfig,
     "plugins": PluginsConfig,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fedfm.client.app import ClientTask, read_view_round, view_meta
+from fedfm.client.personal import personal_figures
 from fedfm.client.secure import secure_round_metrics
 from fedfm.codecs import CodecContext, Pipeline, evaluation, peer_seed
 from fedfm.codecs.wire import pack_groups
@@ -246,11 +247,10 @@ class Federation:
                 metrics = self.evaluate(state)
             if self.evaluate_on_clients:
                 client_eval = self.client_evaluation(rnd, state, everyone=rnd == self.rounds)
-                if self.evaluate is None:  # the clients' figures are the round's figures
-                    metrics = {
-                        "accuracy": client_eval["client_accuracy"],
-                        "loss": client_eval["client_loss"],
-                    }
+                if self.evaluate is None:  # the clients' figures (own models' if no global one)
+                    glob = client_eval.get("client_accuracy") is not None
+                    key = "client_" if glob else "client_personal_"
+                    metrics = {m: client_eval.get(key + m) for m in ("accuracy", "loss")}
         self.totals["bytes_up"] += bytes_up
         self.totals["bytes_down"] += bytes_down
         tokens = self._count_tokens(updates)
@@ -301,11 +301,10 @@ class Federation:
         """The tokens this round's clients trained on (their reported ``tokens``), added to the
         run's totals, overall and per client."""
         per_client = self.totals.setdefault("tokens_per_client", {})
-        total = 0
-        for u in updates:
-            n = int(u.metrics.get("tokens", 0))
-            per_client[u.client_id] = per_client.get(u.client_id, 0) + n
-            total += n
+        counts = [(u.client_id, int(u.metrics.get("tokens", 0))) for u in updates]
+        for cid, n in counts:
+            per_client[cid] = per_client.get(cid, 0) + n
+        total = sum(n for _, n in counts)
         self.totals["tokens"] = self.totals.get("tokens", 0) + total
         return total
 
@@ -352,6 +351,7 @@ class Federation:
         out["client_eval"] = {
             c: {**results[c][1], "examples": results[c][0]} for c in chosen if c in results
         }
+        out.update(personal_figures({c: m for c, (_, m) in results.items()}))
         return out
 
     def _sync_source(self):

@@ -33,6 +33,11 @@ class SharedStateTask:
     model: torch.nn.Module
     shared: OrderedDict[str, torch.nn.Parameter]
     precision: str
+    #: Trainable tensors that stay on each client and never travel (``[personalize]``: e.g. a
+    #: local head); not in the state. A personalizer assigns a new dict, never changes this one.
+    personal: OrderedDict[str, torch.nn.Parameter] = OrderedDict()
+    #: The ``[personalize]`` rule of the run (:class:`fedfm.client.personal.Personalizer`).
+    personalizer: Any = None
 
     def adapt(self, model: torch.nn.Module, method, seed: int) -> None:
         """Freeze ``model``, let ``method`` wrap it (seeded: peft's LoRA A init) and share its
@@ -54,6 +59,10 @@ class SharedStateTask:
     def set_state(self, state: State) -> None:
         for n, p in self.shared.items():
             p.copy_(state[n])
+
+    def trainable(self) -> list[torch.nn.Parameter]:
+        """What a client's optimizer trains: the shared tensors, then the personal ones."""
+        return [*self.shared.values(), *self.personal.values()]
 
     def num_params(self) -> tuple[int, int]:
         """(trainable, total) parameter counts."""
@@ -79,6 +88,9 @@ class Task(SharedStateTask):
     shares_label_set: ClassVar[bool] = True
     #: True when a run's model writes text (``fedfm generate``): see :meth:`generate_text`.
     generates: ClassVar[bool] = False
+    #: The name prefix of the classifier head's tensors (``personalize.method = "local_head"``);
+    #: empty when the task has no separate head.
+    head_prefix: ClassVar[str] = ""
     #: True when each training row is one document whose text :meth:`row_texts` gives (what
     #: cross-client deduplication compares); False when rows are not documents (packed blocks).
     has_row_texts: ClassVar[bool] = False

@@ -110,6 +110,7 @@ class ClassificationTask(Task):
     """Builds the classifier around a method-adapted encoder; computes loss and accuracy."""
 
     has_row_texts = True
+    head_prefix = "head."
 
     @classmethod
     def load_splits(cls, config) -> tuple[LabelledText, LabelledText]:
