@@ -36,6 +36,7 @@ OFFSITE = ["federation.mode=offsite", "method.type=full", "offsite.keep_layers=1
             "allowed: full | lora",
         ),
         (["method.type=prompt"], "method.type = 'prompt' is not allowed"),
+        (["personalize.method=local_head"], "'none' unless federation.mode = 'federated'"),
     ],
 )
 def test_bad_offsite_settings_are_one_line_and_exit_2(capsys, tmp_path, overrides, message):
