@@ -223,7 +223,9 @@ def _client_app(
     """What a simulated and a network client share: trainer, codecs, the method's preparer and
     distributed-DP noise. ``positions``: each client's index among the federation's clients."""
     down, up = pipelines(config)
-    app = ClientApp(trainer(config, task, local_dp), data, down, up, task.get_state())
+    app = ClientApp(
+        trainer(config, task, local_dp), data, down, up, task.get_state(), task.personalizer
+    )
     app.index = {cid: positions.get(cid, i) for i, cid in enumerate(data)}
     preparer = build_method(config).client_preparer(positions)
     if preparer is not None:

@@ -126,7 +126,13 @@ class ClientApp:
     """
 
     def __init__(
-        self, trainer, data: dict[str, ClientData], down: Pipeline, up: Pipeline, template
+        self,
+        trainer,
+        data: dict[str, ClientData],
+        down: Pipeline,
+        up: Pipeline,
+        template,
+        personal=None,
     ) -> None:
         self.trainer = trainer
         self.data = data
@@ -154,9 +160,9 @@ class ClientApp:
         self.transforms: list = []
         # Federated evaluation: each client's held-out rows (``evaluation.client_split``).
         self.held_out: dict[str, ClientData] = {}
-        # ``[personalize]``: the rule (attached to the task when it was built) and where each
-        # client's own part is kept (in memory unless a run directory gives it a folder).
-        self.personal = trainer.task.personalizer or NoPersonalization(None)
+        # ``[personalize]``: the rule (attached to the task when it was built; default none) and
+        # where each client's own part is kept (in memory unless a run directory gives a folder).
+        self.personal = personal or NoPersonalization(None)
         self.store = PersonalStore()
 
     def _receive(self, round: int, payload: bytes) -> State:
