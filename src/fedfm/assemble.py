@@ -34,6 +34,7 @@ from fedfm.codecs import Pipeline
 from fedfm.compat import check_compatible
 from fedfm.config import ExperimentConfig
 from fedfm.data.partition import PARTITION_FILTERS, Partition, held_out, partition
+from fedfm.data.stages import Stages
 from fedfm.data.tokens import tokenize
 from fedfm.errors import ConfigError, DataError
 from fedfm.fm4fl.ensemble import wrap as ensemble_distillation
@@ -44,6 +45,7 @@ from fedfm.prepared import Prepared
 from fedfm.privacy.federated import ProtectedAggregation, client_transform
 from fedfm.privacy.mechanisms import mechanism
 from fedfm.server.asynchronous import AsyncFederation
+from fedfm.server.continual import stage_accuracy, stage_rows
 from fedfm.server.federation import Federation
 from fedfm.server.observers import observers_for
 from fedfm.state import State
@@ -90,6 +92,10 @@ def prepare(config: ExperimentConfig) -> Prepared:
     t0 = time.perf_counter()
     check_compatible(config)
     train, test = TASKS.get(config.task.type).load_splits(config)
+    stages = None
+    if config.continual.on:  # [continual]: label names → indices; a stage without rows is refused
+        test_labels = test.labels[_eval_rows(config, test)]
+        stages = Stages.resolve(config, train.label_names, train.labels, test_labels)
     part, reports = _filter_partition(config, train, split(config, train))
     task = build_task(config, train.label_names)
     loaded = time.time()
@@ -106,6 +112,7 @@ def prepare(config: ExperimentConfig) -> Prepared:
         model_loaded_at=loaded,
         dedup=reports.get("dedup"),
     )
+    prepared.stages = stages
     if config.data.labelled_fraction < 1:
         prepared.fm4fl["scarce_labels"] = apply_scarce_labels(prepared)
     if config.warmup.source != "none":
@@ -245,6 +252,7 @@ def client_app(p: Prepared, client_ids: Sequence[str], federation=None) -> tuple
         local_dp = LocalDP.for_clients(c.privacy, federation or c.federation, data)
     app = _client_app(c, p.task, data, positions, local_dp)
     app.held_out = held_out
+    app.stages = p.stages  # [continual]: each round trains its stage's rows (None: all rows)
     if c.privacy.audit:  # the audit's members: the rows clients actually trained on
         app.trainer.seen = {}
     app.index = {cid: i for i, cid in enumerate(client_ids)}  # seeds follow the app's clients
@@ -333,11 +341,22 @@ def _update_attack(p: Prepared, client_ids: list[str]):
 
 
 def evaluator(p: Prepared, rows: np.ndarray | None):
-    """The server's evaluation of a global state on its test rows (and the trigger test)."""
+    """The server's evaluation of a global state on its test rows (and the trigger test); in a
+    continual run, given the round, also on the rows of each stage seen (``stage_accuracy``)."""
+    if p.stages is not None:
+        everyone = np.arange(len(p.test)) if rows is None else rows
+        per_stage = stage_rows(p.stages, p.test.labels, everyone)
 
-    def evaluate(state: State) -> dict[str, float]:
+    def evaluate(state: State, rnd: int | None = None) -> dict[str, Any]:
         p.task.set_state(state)
         metrics = p.task.evaluate(p.test_tokens, p.test.labels, rows)
+        if p.stages is not None and rnd is not None:
+            metrics["stage_accuracy"] = stage_accuracy(
+                p.stages,
+                rnd,
+                per_stage,
+                lambda r: p.task.evaluate(p.test_tokens, p.test.labels, r)["accuracy"],
+            )
         if p.triggered is not None:  # backdoor: share of triggered rows classified as the target
             tokens, labels = p.triggered
             target = np.full(len(labels), p.attack.target, dtype=labels.dtype)

@@ -40,3 +40,4 @@ class Prepared:
     dedup: dict[str, Any] | None = None  # [governance] dedup: the report for dedup.json
     all_rows: Partition | None = None  # scarce labels: every row the clients hold
     labelled_rows: list[np.ndarray] | None = None  # scarce labels: the rows with a true label
+    stages: Any = None  # [continual]: a fedfm.data.stages.Stages (None: no stages)
