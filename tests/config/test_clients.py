@@ -63,3 +63,13 @@ def test_a_continual_config_the_run_cannot_honour_is_one_line_and_exit_2(
     assert err.startswith("fedfm: error: ") and message in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_fedfm_serve_refuses_continual_stages_in_one_line(capsys):
+    argv = ["serve"]
+    for item in GOOD:
+        argv += ["--set", item]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedfm: error: ") and err.count("\n") == 1
+    assert "[continual] stages are not built for the network runtime yet" in err
