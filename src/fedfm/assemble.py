@@ -34,6 +34,7 @@ from fedfm.codecs import Pipeline
 from fedfm.compat import check_compatible
 from fedfm.config import ExperimentConfig
 from fedfm.data.partition import PARTITION_FILTERS, Partition, held_out, partition
+from fedfm.data.stages import Stages
 from fedfm.data.tokens import tokenize
 from fedfm.errors import ConfigError, DataError
 from fedfm.fm4fl.ensemble import wrap as ensemble_distillation
@@ -44,6 +45,7 @@ from fedfm.methods.offsite import Offsite, offsite_summary
 from fedfm.prepared import Prepared
 from fedfm.privacy.federated import ProtectedAggregation, client_transform
 from fedfm.privacy.mechanisms import mechanism
+from fedfm.scoring import evaluator
 from fedfm.server.asynchronous import AsyncFederation
 from fedfm.server.federation import Federation
 from fedfm.server.observers import observers_for
@@ -105,6 +107,10 @@ def prepare(config: ExperimentConfig) -> Prepared:
     t0 = time.perf_counter()
     check_compatible(config)
     train, test = TASKS.get(config.task.type).load_splits(config)
+    stages = None
+    if config.continual.on:  # [continual]: label names → indices; a stage without rows is refused
+        test_labels = test.labels[_eval_rows(config, test)]
+        stages = Stages.resolve(config, train.label_names, train.labels, test_labels)
     part, reports = _filter_partition(config, train, split(config, train))
     task = build_task(config, train.label_names)
     loaded = time.time()
@@ -121,6 +127,7 @@ def prepare(config: ExperimentConfig) -> Prepared:
         model_loaded_at=loaded,
         dedup=reports.get("dedup"),
     )
+    prepared.stages = stages
     if config.federation.mode == "offsite":
         _add_emulator(prepared)
     if config.data.labelled_fraction < 1:
@@ -267,6 +274,7 @@ def client_app(p: Prepared, client_ids: Sequence[str], federation=None) -> tuple
         local_dp = LocalDP.for_clients(c.privacy, federation or c.federation, data)
     app = _client_app(c, p.client_task or p.task, data, positions, local_dp)
     app.held_out = held_out
+    app.stages = p.stages  # [continual]: each round trains its stage's rows (None: all rows)
     if c.privacy.audit:  # the audit's members: the rows clients actually trained on
         app.trainer.seen = {}
     app.index = {cid: i for i, cid in enumerate(client_ids)}  # seeds follow the app's clients
@@ -352,25 +360,6 @@ def _update_attack(p: Prepared, client_ids: list[str]):
         return p.attack.poison_update(trained, received, generator)
 
     return transform
-
-
-def evaluator(p: Prepared, rows: np.ndarray | None):
-    """The server's evaluation of a global state on its test rows (and the trigger test)."""
-
-    def evaluate(state: State) -> dict[str, float]:
-        p.task.set_state(state)
-        metrics = p.task.evaluate(p.test_tokens, p.test.labels, rows)
-        if p.triggered is not None:  # backdoor: share of triggered rows classified as the target
-            tokens, labels = p.triggered
-            target = np.full(len(labels), p.attack.target, dtype=labels.dtype)
-            metrics["attack_success_rate"] = p.task.evaluate(tokens, target)["accuracy"]
-        if p.client_task is not None:  # offsite: the emulator's figures beside the full model's
-            p.client_task.set_state(state)
-            emulated = p.client_task.evaluate(p.test_tokens, p.test.labels, rows)
-            metrics.update({f"emulator_{k}": v for k, v in emulated.items()})
-        return metrics
-
-    return evaluate
 
 
 def _root_update(p: Prepared, strategy: Strategy, server: Trainer, num_clients: int):

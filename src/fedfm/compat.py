@@ -71,6 +71,11 @@ def check_compatible(config: ExperimentConfig) -> None:
             f"'offsite'; allowed: {' | '.join(METHODS.names(lambda m: m.tunes_layers))} (offsite "
             "trains the end layers, and this method trains none)"
         )
+    if config.continual.on and strategy.asynchronous:
+        raise ConfigError(
+            f"[continual] stages need a synchronous strategy; {name} aggregates buffered "
+            "updates of different rounds (and stages)"
+        )
     if config.warmup.ensemble_steps and strategy.asynchronous:
         raise ConfigError(
             "warmup.ensemble_steps > 0 needs a synchronous strategy; "
@@ -81,6 +86,8 @@ def check_compatible(config: ExperimentConfig) -> None:
 def check_network(config: ExperimentConfig) -> None:
     """Refuse what the network runtime cannot honour yet (``fedfm serve``), before loading."""
     check_compatible(config)
+    if config.continual.on:
+        raise ConfigError("[continual] stages are not built for the network runtime yet")
     s = config.server
     if not s.tokens_file:
         raise ConfigError(

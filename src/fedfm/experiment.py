@@ -20,7 +20,7 @@ import torch
 from fedfm import assemble
 from fedfm.client.personal import PersonalStore
 from fedfm.config import ExperimentConfig
-from fedfm.errors import ResumeError
+from fedfm.errors import ConfigError, ResumeError
 from fedfm.metrics.sinks import ConsoleSink, JsonlSink, Sink, report_sinks
 from fedfm.prepared import Prepared
 from fedfm.rundir import (
@@ -34,6 +34,7 @@ from fedfm.rundir import (
     summary_base,
 )
 from fedfm.runtimes import RUNTIMES
+from fedfm.server.continual import holding
 from fedfm.server.federation import Federation
 from fedfm.server.observers import check_observers
 from fedfm.state import clone_state
@@ -64,6 +65,11 @@ def run(
     if done is not None:  # nothing left to run: the run directory stays as it is
         return done
     runtime = RUNTIMES.get(config.runtime.type)
+    if config.continual.on and not runtime.carries_stages:
+        raise ConfigError(
+            f"runtime.type = {config.runtime.type!r} does not carry [continual] stages yet; "
+            f"use one of: {', '.join(RUNTIMES.names(lambda r: r.carries_stages))}"
+        )
     if not runtime.in_process:  # its clients are other processes: the runtime's own entry point
         return runtime.launch(config, out=out, resume=resume, progress=progress, sinks=sinks)
     start_round = ckpt.round + 1 if ckpt is not None else 1
@@ -106,7 +112,7 @@ def in_process_federation(
         app.store = PersonalStore(run_dir / "personal")
     strategy = assemble.build_strategy(p, len(client_ids), fed_cfg, local_dp)
     runtime = RUNTIMES.get(c.runtime.type)(app, config=c)
-    return assemble.federation(
+    fed = assemble.federation(
         p,
         runtime,
         client_ids,
@@ -115,6 +121,9 @@ def in_process_federation(
         sinks=sinks,
         run_dir=run_dir,
     )
+    if p.stages is not None:  # a client without rows of a round's stage sits it out
+        fed.holding = holding(p.stages, app.data)
+    return fed
 
 
 def _run_standalone(p: Prepared, run_dir: Path, sinks) -> RunResult:

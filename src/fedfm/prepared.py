@@ -42,3 +42,4 @@ class Prepared:
     labelled_rows: list[np.ndarray] | None = None  # scarce labels: the rows with a true label
     client_task: Task | None = None  # offsite: the clients' emulator (None: the clients train task)
     offsite: dict[str, Any] | None = None  # offsite: the sizes of the full model and emulator
+    stages: Any = None  # [continual]: a fedfm.data.stages.Stages (None: no stages)

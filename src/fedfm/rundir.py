@@ -44,6 +44,7 @@ from fedfm.modelcard import write_model_card
 from fedfm.prepared import Prepared
 from fedfm.privacy.audit import audit_summary
 from fedfm.server.checkpoint import Checkpoint, latest_checkpoint
+from fedfm.server.continual import continual_summary
 from fedfm.server.federation import Federation
 
 log = logging.getLogger(__name__)
@@ -384,6 +385,7 @@ def _drive(
         "tokens_per_client": fed.totals.get("tokens_per_client", {}),
         "rejected_updates": sum("what" not in r for r in fed.rejected),
         **_client_evaluation_summary(c, fed.rows),
+        **continual_summary(fed.rows),  # [continual]: average_accuracy, forgetting
         **fed.strategy.summary(),
         **(audit_summary(p, members, c.privacy.audit_rows, c.seed) if c.privacy.audit else {}),
         **({"attack": c.attack.type, "malicious_clients": p.malicious} if p.attack else {}),

@@ -19,7 +19,7 @@ from fedfm.client.secure import secure_vector, secure_weight
 from fedfm.codecs import CodecContext, Pipeline, evaluation, peer_seed
 from fedfm.codecs.wire import validate_state
 from fedfm.data.tokens import TokenizedText
-from fedfm.errors import ProtocolError
+from fedfm.errors import DataError, ProtocolError
 from fedfm.state import FitInstructions, State, Update
 
 
@@ -71,6 +71,17 @@ class ClientData:
 
     def steps_for_epochs(self, epochs: float, batch_size: int) -> int:
         return max(1, math.ceil(epochs * len(self.rows) / min(batch_size, len(self.rows))))
+
+
+def stage_data(stages, client_id: str, index: int, rnd: int, data: ClientData) -> ClientData:
+    """The rows ``client_id`` trains on in round ``rnd``: its rows of the round's stage, then its
+    replay rows of earlier stages (with ``mitigation = "replay"``), in one set to batch from."""
+    current, replay = stages.training_rows(data.labels, data.rows, rnd, index)
+    if len(current) == 0:  # the server selects only clients holding rows of the stage
+        raise DataError(
+            f"client {client_id} holds no rows of stage {stages.stage_of(rnd)} (round {rnd})"
+        )
+    return ClientData(data.tokens, data.labels, np.concatenate([current, replay]))
 
 
 def view_meta(view_round: int | None) -> dict[str, dict[str, torch.Tensor]]:
@@ -164,6 +175,7 @@ class ClientApp:
         # where each client's own part is kept (in memory unless a run directory gives a folder).
         self.personal = personal or NoPersonalization(None)
         self.store = PersonalStore()
+        self.stages = None  # [continual]: a fedfm.data.stages.Stages (None: every row, always)
 
     def _receive(self, round: int, payload: bytes) -> State:
         # Equal bytes, not only the same object: Ray actors and network clients get copies, and
@@ -188,6 +200,8 @@ class ClientApp:
         for prepare in self.prepare:
             start = prepare(task.client_id, index, instr.round, start)
         data = self.data[task.client_id]
+        if self.stages is not None:  # [continual]: this round's stage (and replay) rows only
+            data = stage_data(self.stages, task.client_id, index, instr.round, data)
         update = self.personal.fit(
             self.trainer, task.client_id, index, start, data, instr, self.store
         )

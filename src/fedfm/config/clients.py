@@ -37,3 +37,53 @@ class PersonalizeConfig:
             self.private_r,
             "an integer 1 … 4096",
         )
+
+
+#: Continual-learning mitigations this path has (``lwf`` and ``ewc`` are not built yet).
+MITIGATIONS = ("none", "replay")
+
+
+@dataclass(frozen=True)
+class ContinualConfig:
+    """Continual federated learning: the clients' data arrive in ``stages`` (by label), one
+    after another, ``rounds_per_stage`` rounds each (see ``docs/clients.md``). Round r trains
+    stage (r − 1) // rounds_per_stage on its labels only; a client holding no row of the stage
+    sits the round out. ``mitigation = "replay"`` mixes up to ``replay_rows`` of each client's
+    rows of earlier stages (drawn seeded) into its batches. The server scores every stage seen
+    so far (``stage_accuracy`` per round; ``average_accuracy`` and ``forgetting`` in the
+    summary). Empty ``stages``: off."""
+
+    stages: tuple[tuple[str | int, ...], ...] = ()  # label names (or indices) of each stage
+    rounds_per_stage: int = 1  # federation.rounds must be len(stages) × rounds_per_stage
+    mitigation: str = "none"  # none | replay
+    replay_rows: int = 64  # replay: each client's buffer of rows from earlier stages
+
+    @property
+    def on(self) -> bool:
+        return bool(self.stages)
+
+    def __post_init__(self) -> None:
+        check(
+            all(len(stage) > 0 for stage in self.stages) and len(self.stages) != 1,
+            "continual.stages",
+            self.stages,
+            "[] (off) or ≥ 2 non-empty lists of label names or indices",
+        )
+        check(
+            self.mitigation in MITIGATIONS,
+            "continual.mitigation",
+            self.mitigation,
+            "'none' | 'replay' (lwf and ewc are not built yet)",
+        )
+        check(
+            isinstance(self.rounds_per_stage, int) and self.rounds_per_stage >= 1,
+            "continual.rounds_per_stage",
+            self.rounds_per_stage,
+            "an integer ≥ 1",
+        )
+        check(
+            isinstance(self.replay_rows, int) and 1 <= self.replay_rows <= 1_000_000,
+            "continual.replay_rows",
+            self.replay_rows,
+            "an integer 1 … 1,000,000",
+        )

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedfm.config.checks import check, registry
-from fedfm.config.clients import PersonalizeConfig
+from fedfm.config.clients import ContinualConfig, PersonalizeConfig
 from fedfm.config.fm4fl import SyntheticConfig, TeacherConfig, WarmupConfig
 from fedfm.config.governance import GovernanceConfig
 from fedfm.config.offsite import OffsiteConfig
@@ -104,6 +104,39 @@ def _check_personalize(config: ExperimentConfig) -> None:
     registry("personalizer").get(method).check_config(config)
 
 
+def _check_continual(config: ExperimentConfig) -> None:
+    """``[continual]`` stages fit the run: the rounds they take, a label-sharing task, a
+    synchronous federated (or centralized) run scored by the server."""
+    c = config.continual
+    if not c.on:
+        return
+    rounds = len(c.stages) * c.rounds_per_stage
+    check(
+        config.federation.rounds == rounds,
+        "federation.rounds",
+        config.federation.rounds,
+        f"{rounds} (len(continual.stages) × continual.rounds_per_stage)",
+    )
+    check(
+        config.federation.mode != "standalone",
+        "federation.mode",
+        config.federation.mode,
+        "'federated' or 'centralized' with [continual] stages",
+    )
+    check(
+        registry("task").get(config.task.type).shares_label_set,
+        "task.type",
+        config.task.type,
+        "a task with labels (classification) for [continual] stages by label",
+    )
+    check(
+        config.evaluation.on_server,
+        "evaluation.where",
+        config.evaluation.where,
+        "'server' or 'both' with [continual] stages (the server scores each stage)",
+    )
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """A whole experiment; ``ExperimentConfig()`` is the built-in default."""
@@ -130,6 +163,7 @@ class ExperimentConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     personalize: PersonalizeConfig = field(default_factory=PersonalizeConfig)
+    continual: ContinualConfig = field(default_factory=ContinualConfig)
     governance: GovernanceConfig = field(default_factory=GovernanceConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
@@ -145,6 +179,7 @@ class ExperimentConfig:
         registry("task").get(self.task.type).check_config(self)  # the task's own rules
         _check_fm4fl(self)
         _check_personalize(self)
+        _check_continual(self)
         if self.evaluation.on_clients:
             check(
                 self.federation.mode == "federated",
@@ -184,6 +219,7 @@ SECTIONS: dict[str, type] = {
     "synthetic": SyntheticConfig,
     "evaluation": EvaluationConfig,
     "personalize": PersonalizeConfig,
+    "continual": ContinualConfig,
     "governance": GovernanceConfig,
     "logging": LoggingConfig,
     "plugins": PluginsConfig,

@@ -39,6 +39,9 @@ class Runtime:
     """
 
     in_process: ClassVar[bool] = True
+    #: Honours ``[continual]`` stages (its clients train each round's stage rows only, and the
+    #: server knows who holds rows of a stage); a runtime that does not is refused.
+    carries_stages: ClassVar[bool] = False
 
     @classmethod
     def launch(cls, config, **options: Any):

@@ -18,6 +18,7 @@ class SimRuntime(Runtime):
     """
 
     carries_secure_aggregation = True
+    carries_stages = True
 
     def __init__(self, app, config=None) -> None:
         self.app = app

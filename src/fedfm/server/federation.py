@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ class Federation:
         client_ids: Sequence[str],
         clients_per_round: int,
         rounds: int,
-        evaluate: Callable[[State], dict[str, float]] | None,
+        evaluate: Callable[[State, int], dict[str, float]] | None,
         eval_every: int = 1,
         evaluate_on_clients: bool = False,
         down: Pipeline | None = None,
@@ -81,6 +82,7 @@ class Federation:
         # Clients never selected, whatever the strategy draws (a run retrained without them):
         # the others keep the rounds and seeds they had.
         self.excluded: frozenset[str] = frozenset()
+        self.holding = lambda rnd, ids: ids  # [continual]: who holds rows of rnd's stage
         self._before: State | None = None  # this round's starting global state
         self._payloads: dict[str, bytes] = {}  # this round's admitted uploads
         self.start_info: dict[str, Any] = {}  # extra fields of the sinks' start event
@@ -114,7 +116,7 @@ class Federation:
         t0 = time.perf_counter()
         self._before, self._payloads = state, {}
         rng = np.random.default_rng([self.seed, rnd, 0x5E1EC7])
-        candidates = self.runtime.available(self.client_ids)
+        candidates = self.holding(rnd, self.runtime.available(self.client_ids))
         k = min(self.clients_per_round, len(candidates))
         selected = self.strategy.select(rnd, candidates, k, rng)
         selected = [c for c in selected if c not in self.excluded]
@@ -244,7 +246,7 @@ class Federation:
         client_eval: dict[str, Any] = {}
         if rnd % self.eval_every == 0 or rnd == self.rounds:
             if self.evaluate is not None:
-                metrics = self.evaluate(state)
+                metrics = self.evaluate(state, rnd)
             if self.evaluate_on_clients:
                 client_eval = self.client_evaluation(rnd, state, everyone=rnd == self.rounds)
                 if self.evaluate is None:  # the clients' figures (own models' if no global one)
@@ -428,8 +430,6 @@ class Federation:
         self, groups: dict[str, dict[str, torch.Tensor]], template: State
     ) -> None:
         """Restore :meth:`memory_state` (and the runtime's client-side part) from a checkpoint."""
-        from collections import OrderedDict
-
         self.down_memory = dict(groups.get("server.down", {}))
         self.view_memory = dict(groups.get("server.view_memory", {}))
         view = groups.get("server.view")
